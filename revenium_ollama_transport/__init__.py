@@ -1,0 +1,60 @@
+"""Meter every Ollama call at the HTTP transport and report it to Revenium.
+
+``ReveniumTransport`` / ``AsyncReveniumTransport`` go into the HTTP client of the
+``ollama`` client (or any httpx client pointed at Ollama); ``usage_metadata`` attributes
+calls to customers, products and agents.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _config, _log
+from ._delivery import dispatcher as _dispatcher
+from ._metadata import usage_metadata
+from ._sink import set_default_sink as _set_default_sink
+from ._stats import counters as _counters
+from ._transport import AsyncReveniumTransport, ReveniumTransport
+from ._version import __version__
+
+__all__ = [
+    "AsyncReveniumTransport",
+    "ReveniumTransport",
+    "__version__",
+    "configure",
+    "flush",
+    "shutdown",
+    "stats",
+    "usage_metadata",
+]
+
+_log.configure_from_environment()
+_set_default_sink(_dispatcher.submit)
+
+
+def configure(**settings: Any) -> None:
+    """Overrides settings read from the environment, e.g. ``configure(api_key="hak_...",
+    base_url="https://api.revenium.ai")``. Names: ``api_key``, ``base_url``,
+    ``queue_size``, ``max_in_flight``, ``request_timeout``, ``max_attempts``,
+    ``max_retry_wait``, ``shutdown_timeout``."""
+    _config.set_overrides(**settings)
+    _dispatcher.settings_changed()
+
+
+def flush(timeout: float | None = 10.0) -> bool:
+    """Blocks until every record so far is delivered or given up on; False on timeout."""
+    return _dispatcher.flush(timeout)
+
+
+def shutdown(timeout: float | None = 5.0) -> bool:
+    """Delivers what it can within ``timeout`` and stops the delivery thread. Also runs at
+    interpreter exit. Metering starts again by itself on the next call."""
+    return _dispatcher.shutdown(timeout)
+
+
+def stats() -> dict[str, int]:
+    """Counters: ``recorded``, ``delivered``, ``retried``, ``dropped.<reason>``,
+    ``failed.<status>``, ``internal_errors``, and ``queued`` (waiting right now)."""
+    snapshot = _counters.snapshot()
+    snapshot["queued"] = _dispatcher.queued()
+    return snapshot

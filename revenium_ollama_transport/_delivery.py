@@ -1,0 +1,445 @@
+"""Delivery: a bounded queue, and one background thread that turns observations into
+records and POSTs them to the metering API, several requests in flight, with tenacity
+retries.
+
+The caller's side of this module is ``submit``: a length check, a deque append and, only
+when the thread is asleep, one wake-up. Everything else happens in the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import email.utils
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from . import _config, _metadata
+from ._log import secret_filter
+from ._observation import CallObservation
+from ._record import MeteringRecord, build_record
+from ._stats import counters, internal_failure
+
+logger = logging.getLogger("revenium_ollama_transport")
+
+# Once woken, the thread waits this long before draining, so that a busy caller pays for
+# one wake-up per batch, not one per call.
+_LINGER = 0.02
+
+RecordListener = Callable[[MeteringRecord], None]
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; ``retry_after`` is the server's wish, in seconds."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class _Permanent(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds to wait: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = moment.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _server_reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    if isinstance(body, dict):
+        for key in ("message", "error", "detail", "errorMessage"):
+            value = body.get(key)
+            if isinstance(value, str):
+                return value[:200]
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return str(value["message"])[:200]
+    return orjson.dumps(body).decode()[:200]
+
+
+def classify_response(response: httpx.Response) -> None:
+    """Returns for a stored record; raises ``_Transient`` or ``_Permanent`` otherwise."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    should_retry = response.headers.get("x-should-retry", "").strip().lower()
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    transient = status in (408, 429) or status >= 500 or (status == 409 and retry_after is not None)
+    if should_retry == "true":
+        transient = True
+    elif should_retry == "false":
+        transient = False
+    reason = _server_reason(response)
+    if transient:
+        raise _Transient(f"HTTP {status}: {reason}", retry_after)
+    raise _Permanent(status, reason)
+
+
+def _wait(max_wait: float) -> Callable[[RetryCallState], float]:
+    backoff = wait_random_exponential(multiplier=0.25, max=max_wait)
+
+    def wait(state: RetryCallState) -> float:
+        outcome = state.outcome
+        exception = outcome.exception() if outcome is not None else None
+        if isinstance(exception, _Transient) and exception.retry_after is not None:
+            return min(exception.retry_after, max_wait)
+        return float(backoff(state))
+
+    return wait
+
+
+class Dispatcher:
+    """Owns the queue and the delivery thread. One per process (re-made after fork)."""
+
+    def __init__(self) -> None:
+        self._queue: deque[CallObservation] = deque()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._asleep = False
+        self._stopping = False
+        self._urgent = False
+        self._in_flight = 0
+        self._settings = _config.Settings()
+        self._settings_stale = True
+        self._listeners: list[RecordListener] = []
+        self._warned: set[str] = set()
+        self._last_overflow_warning = 0.0
+
+    # --- the caller's side ------------------------------------------------------------
+
+    def submit(self, observation: CallObservation) -> None:
+        queue = self._queue
+        if len(queue) >= self._settings.queue_size:
+            self._overflow()
+            return
+        queue.append(observation)
+        if self._thread is None:
+            self._start()
+        elif self._asleep:
+            self._asleep = False
+            self._call_in_loop(self._set_wake)
+
+    def _overflow(self) -> None:
+        counters.add("dropped.queue_full")
+        now = time.monotonic()
+        if now - self._last_overflow_warning >= 10.0:
+            self._last_overflow_warning = now
+            logger.warning(
+                "metering queue is full (%d records); dropping records (%d so far)",
+                self._settings.queue_size, counters.get("dropped.queue_full"),
+            )
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _call_in_loop(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # RuntimeError: the loop closed under us, its thread is ending.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(callback)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            # Not waited for: the thread drains whatever is queued when it gets going.
+            thread = threading.Thread(target=self._run, name="revenium-metering", daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def queued(self) -> int:
+        return len(self._queue) + self._in_flight
+
+    def settings_changed(self) -> None:
+        self._settings_stale = True
+        self._call_in_loop(self._set_wake)
+
+    def add_listener(self, listener: RecordListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: RecordListener) -> None:
+        self._listeners.remove(listener)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Waits until every record submitted so far was delivered or given up on."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._urgent = True
+        self._call_in_loop(self._set_wake)
+        with self._idle:
+            while self._queue or self._in_flight:
+                if self._thread is None:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining if remaining is None else min(remaining, 0.5))
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Delivers what it can within ``timeout``, then stops the thread."""
+        if self._thread is None:
+            dropped = len(self._queue)
+            self._queue.clear()
+            if dropped:
+                counters.add("dropped.shutdown", dropped)
+            return dropped == 0
+        delivered = self.flush(timeout)
+        thread = self._thread
+        self._stopping = True
+        self._urgent = True
+        self._call_in_loop(self._set_wake)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0 if timeout is None else max(0.1, min(1.0, timeout)))
+        left = len(self._queue) + self._in_flight
+        if left:
+            self._queue.clear()
+            counters.add("dropped.shutdown", left)
+            logger.warning("shutdown: %d metering records were not delivered in time", left)
+        return delivered and left == 0
+
+    def after_fork_in_child(self) -> None:
+        """The parent delivers what it had queued; the child starts afresh."""
+        self._queue.clear()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._thread = None
+        self._loop = None
+        self._wake = None
+        self._asleep = False
+        self._in_flight = 0
+        self._settings_stale = True
+
+    # --- the thread's side ------------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+        except Exception:
+            internal_failure("delivery-thread")
+        finally:
+            try:
+                loop.close()
+            finally:
+                with self._idle:
+                    self._loop = None
+                    self._wake = None
+                    self._thread = None
+                    self._idle.notify_all()
+
+    def _refresh_settings(self) -> None:
+        if not self._settings_stale:
+            return
+        self._settings_stale = False
+        settings = _config.current()
+        secret_filter.register(settings.api_key)
+        self._settings = settings
+
+    async def _main(self) -> None:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._refresh_settings()
+        settings = self._settings
+        limits = httpx.Limits(
+            max_connections=settings.max_in_flight, max_keepalive_connections=settings.max_in_flight
+        )
+        async with httpx.AsyncClient(timeout=settings.request_timeout, limits=limits) as client:
+            slots = asyncio.Semaphore(settings.max_in_flight)
+            tasks: set[asyncio.Task[None]] = set()
+            queue = self._queue
+            while True:
+                self._refresh_settings()
+                while queue:
+                    observation = queue.popleft()
+                    record = self._record(observation)
+                    if record is None:
+                        with self._idle:
+                            self._idle.notify_all()
+                        continue
+                    await slots.acquire()
+                    self._in_flight += 1
+                    task = asyncio.create_task(self._deliver(client, record))
+                    tasks.add(task)
+                    task.add_done_callback(lambda t: self._done(t, tasks, slots))
+                if self._stopping and not tasks:
+                    return
+                self._wake.clear()
+                self._asleep = True
+                if queue or (self._stopping and not tasks):
+                    self._asleep = False
+                    continue
+                with self._idle:
+                    if not self._in_flight:
+                        self._urgent = False
+                        self._idle.notify_all()
+                await self._wake.wait()
+                self._asleep = False
+                if not self._urgent:
+                    await asyncio.sleep(_LINGER)
+
+    def _done(self, task: asyncio.Task[None], tasks: set[asyncio.Task[None]],
+              slots: asyncio.Semaphore) -> None:
+        tasks.discard(task)
+        slots.release()
+        with self._idle:
+            self._in_flight -= 1
+            if not self._in_flight and not self._queue:
+                self._idle.notify_all()
+        if self._stopping and not tasks:
+            self._set_wake()
+
+    def _record(self, observation: CallObservation) -> MeteringRecord | None:
+        try:
+            layers = observation.layers
+            if observation.header_metadata is not None:
+                layers = (*layers, _header_layer(observation.header_metadata))
+            record = build_record(observation, _metadata.resolve(layers))
+        except Exception:
+            internal_failure("record")
+            counters.add("dropped.internal_error")
+            return None
+        counters.add("recorded")
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:
+                internal_failure("listener")
+        return record
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
+    async def _deliver(self, client: httpx.AsyncClient, record: MeteringRecord) -> None:
+        settings = self._settings
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("metering record %s", orjson.dumps(_redacted(record.wire)).decode())
+        if not settings.api_key:
+            counters.add("dropped.no_api_key")
+            self._warn_once("no-key", "REVENIUM_METERING_API_KEY is not set: metering records "
+                            "are not sent (the calls themselves are unaffected)")
+            return
+        endpoint = settings.endpoint
+        if endpoint is None:
+            counters.add("dropped.invalid_base_url")
+            self._warn_once("no-url", "REVENIUM_METERING_BASE_URL is not usable: metering "
+                            "records are not sent (see the error logged when it was read)")
+            return
+        body = orjson.dumps(record.wire)
+        headers = {
+            "content-type": "application/json",
+            "x-api-key": settings.api_key,
+            "idempotency-key": record.transaction_id,
+        }
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(settings.max_attempts),
+            wait=_wait(settings.max_retry_wait),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        counters.add("retried")
+                    try:
+                        response = await client.post(endpoint, content=body, headers=headers)
+                    except httpx.TransportError as exc:
+                        raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+                    classify_response(response)
+        except _Transient as exc:
+            counters.add("dropped.retries_exhausted")
+            logger.warning("metering record %s not delivered after %d attempts: %s",
+                           record.transaction_id, settings.max_attempts, exc)
+        except _Permanent as exc:
+            counters.add(f"failed.{exc.status}")
+            if exc.status in (401, 403):
+                self._warn_once(f"auth-{exc.status}", "the metering API refused the API key "
+                                "(HTTP %d: %s); check REVENIUM_METERING_API_KEY", exc.status, exc)
+            else:
+                logger.warning("metering record %s refused (HTTP %d): %s",
+                               record.transaction_id, exc.status, exc)
+        except Exception:
+            internal_failure("deliver")
+            counters.add("dropped.internal_error")
+        else:
+            counters.add("delivered")
+
+
+def _header_layer(raw: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        logger.warning("X-Revenium-Metadata header is not valid JSON; ignored")
+        return {}
+    if not isinstance(parsed, dict):
+        logger.warning("X-Revenium-Metadata header must be a JSON object; ignored")
+        return {}
+    return parsed
+
+
+def _redacted(wire: dict[str, Any]) -> dict[str, Any]:
+    """The record as it may appear in a log: credential values masked."""
+    subscriber = wire.get("subscriber")
+    if not isinstance(subscriber, dict) or "credential" not in subscriber:
+        return wire
+    credential = dict(subscriber["credential"])
+    if "value" in credential:
+        credential["value"] = "***"
+    return {**wire, "subscriber": {**subscriber, "credential": credential}}
+
+
+dispatcher = Dispatcher()
+
+
+def _at_exit() -> None:
+    dispatcher.shutdown(dispatcher._settings.shutdown_timeout)
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=dispatcher.after_fork_in_child)

@@ -1,0 +1,129 @@
+"""What one metered call did, collected on the caller's path as cheaply as possible.
+
+The transport creates a ``CallObservation`` when a request leaves, feeds it the response
+bytes as the caller reads them, and ends it exactly once, on the first of: end of body,
+close, or an exception. Ending hands it to the sink; turning it into a record happens
+later, in the delivery thread.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._routes import Route
+from ._wire._encoding import Decode, decoder_for
+from ._wire._native import NativeParser
+
+# How a call ended, from the transport's point of view.
+ENDED_EOF = "eof"  # the body was read to its end
+ENDED_CLOSED = "closed"  # the caller closed the response before its end
+ENDED_RAISED = "raised"  # the exchange raised (connection lost, timeout, cancelled)
+
+Sink = Callable[["CallObservation"], None]
+
+
+def ignore_bytes(data: bytes) -> bool:
+    """A feeder for a call whose bytes are not parsed."""
+    return False
+
+
+class CallObservation:
+    __slots__ = (
+        "content_encoding",
+        "decoder",
+        "ended",
+        "exception",
+        "header_metadata",
+                "layers",
+        "mono_end",
+        "mono_first_token",
+        "mono_headers",
+        "mono_start",
+        "parser",
+        "request_body",
+        "response_headers",
+        "route",
+        "sink",
+        "status",
+        "transaction",
+        "undecodable",
+        "url",
+        "wall_start",
+    )
+
+    def __init__(
+        self,
+        route: Route,
+        request_body: bytes | None,
+        layers: tuple[Mapping[str, Any], ...],
+        header_metadata: str | None,
+        url: Any,
+        sink: Sink,
+    ) -> None:
+        self.route = route
+        self.request_body = request_body
+        self.layers = layers
+        self.header_metadata = header_metadata
+        self.url = url  # the request's URL object, read only off the caller's path
+        self.sink = sink
+        # 128 random bits now (a quarter of os.urandom's cost; the generator is seeded
+        # from the OS and reseeded in forked children), formatted as a UUID when asked.
+        self.transaction = random.getrandbits(128)
+        self.wall_start = time.time()
+        self.mono_start = time.perf_counter()
+        self.mono_headers: float | None = None
+        self.mono_first_token: float | None = None
+        self.mono_end: float | None = None
+        self.status: int | None = None
+        self.response_headers: Any = None
+        self.content_encoding: str | None = None
+        self.parser: NativeParser | None = NativeParser()
+        self.decoder: Decode | None = None
+        self.undecodable = False
+        self.ended: str | None = None
+        self.exception: BaseException | None = None
+
+    def response_started(self, status: int, headers: Any, content_encoding: str | None) -> None:
+        """``headers`` is the response's own headers object: read off the caller's path."""
+        self.mono_headers = time.perf_counter()
+        self.status = status
+        self.response_headers = headers
+        if content_encoding and content_encoding.strip().lower() != "identity":
+            self.content_encoding = content_encoding
+            self.decoder = decoder_for(content_encoding)
+            if self.decoder is None:
+                self.undecodable = True
+                self.parser = None
+
+    def feeder(self) -> Callable[[bytes], bool]:
+        """The function to show response bytes to; True means a first token arrived."""
+        parser = self.parser
+        if parser is None:
+            return ignore_bytes
+        decoder = self.decoder
+        if decoder is None:
+            return parser.feed
+        return lambda data: parser.feed(decoder(data))
+
+    def first_token(self) -> None:
+        if self.mono_first_token is None:
+            self.mono_first_token = time.perf_counter()
+
+    def end(self, how: str, exception: BaseException | None = None) -> None:
+        """Ends the call; every call after the first is ignored."""
+        if self.ended is not None:
+            return
+        self.mono_end = time.perf_counter()
+        self.ended = how
+        self.exception = exception
+        parser = self.parser
+        if parser is not None and how == ENDED_EOF:
+            try:
+                if parser.finish() and self.mono_first_token is None:
+                    self.mono_first_token = self.mono_end
+            except Exception:
+                self.parser = None
+        self.sink(self)

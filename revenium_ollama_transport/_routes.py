@@ -1,0 +1,39 @@
+"""Which requests are metered, and what kind of call each one is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Route:
+    """A metered endpoint. ``path`` is the canonical path, without any host prefix."""
+
+    path: str
+    operation: str
+    embeddings: bool = False
+
+
+_ROUTES: dict[bytes, Route] = {
+    b"/api/chat": Route("/api/chat", "CHAT"),
+    b"/api/generate": Route("/api/generate", "GENERATE"),
+    b"/api/embed": Route("/api/embed", "EMBED", embeddings=True),
+    b"/api/embeddings": Route("/api/embeddings", "EMBED", embeddings=True),
+}
+
+
+def route_for(method: str, raw_path: bytes) -> Route | None:
+    """The metered route for a request, or None to pass it through unparsed.
+
+    ``raw_path`` is the request target (path and query, as sent). Ollama may sit behind a
+    path prefix (``OLLAMA_HOST=http://gw/ollama``), so a path that does not match exactly
+    is matched on its ``/api/...`` tail.
+    """
+    if method != "POST":
+        return None
+    route = _ROUTES.get(raw_path)
+    if route is not None:
+        return route
+    path = raw_path.partition(b"?")[0].rstrip(b"/")
+    cut = path.rfind(b"/api/")
+    return _ROUTES.get(path[cut:] if cut > 0 else path)

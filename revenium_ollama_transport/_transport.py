@@ -1,0 +1,291 @@
+"""The metering transports: forward every request untouched, tee metered responses.
+
+One pair of classes serves both HTTP families (``httpx`` and its fork ``httpx2``): the
+family is read off each request, and the response keeps its own family's types.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from ._metadata import current_layers
+from ._observation import (
+    ENDED_CLOSED,
+    ENDED_EOF,
+    ENDED_RAISED,
+    CallObservation,
+    Sink,
+    ignore_bytes,
+)
+from ._routes import route_for
+from ._sink import submit_default
+from ._stats import internal_failure
+
+METADATA_HEADER = "x-revenium-metadata"
+_METADATA_HEADER_KEY = METADATA_HEADER.encode()
+_CONTENT_ENCODING_KEY = b"content-encoding"
+
+
+def _end(observation: CallObservation, how: str, exception: BaseException | None = None) -> None:
+    try:
+        observation.end(how, exception)
+    except Exception:
+        internal_failure("end")
+
+
+def _feed_failed(observation: CallObservation) -> None:
+    internal_failure("feed")
+    observation.parser = None
+
+
+class _SyncTee:
+    """Yields the inner stream's chunks unchanged, showing each to the observation."""
+
+    def __init__(self, inner: Any, observation: CallObservation) -> None:
+        self._inner = inner
+        self._observation = observation
+
+    def __iter__(self) -> Iterator[bytes]:
+        observation = self._observation
+        feed = observation.feeder()
+        try:
+            for chunk in self._inner:
+                try:
+                    if feed(chunk):
+                        observation.first_token()
+                except Exception:
+                    _feed_failed(observation)
+                    feed = ignore_bytes
+                yield chunk
+        except BaseException as exc:
+            _end(observation, ENDED_RAISED, exc)
+            raise
+        _end(observation, ENDED_EOF)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            _end(self._observation, ENDED_CLOSED)
+
+
+class _AsyncTee:
+    def __init__(self, inner: Any, observation: CallObservation) -> None:
+        self._inner = inner
+        self._observation = observation
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        observation = self._observation
+        feed = observation.feeder()
+        try:
+            async for chunk in self._inner:
+                try:
+                    if feed(chunk):
+                        observation.first_token()
+                except Exception:
+                    _feed_failed(observation)
+                    feed = ignore_bytes
+                yield chunk
+        except BaseException as exc:
+            _end(observation, ENDED_RAISED, exc)
+            raise
+        _end(observation, ENDED_EOF)
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            _end(self._observation, ENDED_CLOSED)
+
+
+class _Family:
+    """An HTTP library family (httpx or httpx2): its module and our tee types for it."""
+
+    __slots__ = ("async_tee", "module", "sync_tee")
+
+    def __init__(self, module_name: str) -> None:
+        self.module: Any = importlib.import_module(module_name)
+        # The client asserts that a response stream is its own family's byte stream.
+        self.sync_tee: type[_SyncTee] = type(
+            "SyncTee", (_SyncTee, self.module.SyncByteStream), {}
+        )
+        self.async_tee: type[_AsyncTee] = type(
+            "AsyncTee", (_AsyncTee, self.module.AsyncByteStream), {}
+        )
+
+
+_families: dict[type, _Family] = {}
+_families_lock = threading.Lock()
+
+
+def _family_of(request: Any) -> _Family:
+    request_type = type(request)
+    family = _families.get(request_type)
+    if family is None:
+        with _families_lock:
+            family = _families.get(request_type)
+            if family is None:
+                family = _Family(request_type.__module__.partition(".")[0])
+                _families[request_type] = family
+    return family
+
+
+def _has_header(headers: Any, lower_name: bytes) -> bool:
+    """``name in headers``, about 4x faster on the caller's path.
+
+    httpx and httpx2 keep headers as (raw, lower-cased, value) triples in ``_list``; a
+    version without it takes the public, slower lookup.
+    """
+    triples = getattr(headers, "_list", None)
+    if triples is None:
+        return lower_name.decode() in headers
+    return lower_name in [triple[1] for triple in triples]
+
+
+def _observe(request: Any, sink: Sink) -> CallObservation | None:
+    """Starts an observation for a metered request (None for any other), and takes the
+    metadata header off the request so that Ollama never sees it."""
+    headers = request.headers
+    header_metadata: str | None = None
+    if _has_header(headers, _METADATA_HEADER_KEY):
+        header_metadata = headers[METADATA_HEADER]
+        del headers[METADATA_HEADER]
+    route = route_for(request.method, request.url.raw_path)
+    if route is None:
+        return None
+    try:
+        body: bytes | None = request.content
+    except Exception:  # a streaming request body: nothing to read without consuming it
+        body = None
+    return CallObservation(route, body, current_layers(), header_metadata, request.url, sink)
+
+
+def _response_started(observation: CallObservation, response: Any) -> bool:
+    """Notes the status and headers; True when the body was already read (nothing to tee)."""
+    headers = response.headers
+    encoding = None
+    if _has_header(headers, _CONTENT_ENCODING_KEY):
+        encoding = headers.get("content-encoding")
+    observation.response_started(response.status_code, headers, encoding)
+    # A response built from bytes (MockTransport, ASGI/WSGI apps) arrives already read.
+    content = getattr(response, "_content", None)
+    if content is None:
+        return False
+    if observation.feeder()(content):
+        observation.first_token()
+    _end(observation, ENDED_EOF)
+    return True
+
+
+class _Inners:
+    """The inner transport a user gave, or the default one made for each family."""
+
+    __slots__ = ("_defaults", "_factory", "_given", "_lock", "_options")
+
+    def __init__(self, given: Any | None, options: dict[str, Any], factory: str) -> None:
+        if given is not None and options:
+            raise TypeError("transport options apply to the default inner transport only")
+        self._given = given
+        self._options = options
+        self._factory = factory
+        self._defaults: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def for_family(self, family: _Family) -> Any:
+        if self._given is not None:
+            return self._given
+        inner = self._defaults.get(id(family))
+        if inner is None:
+            with self._lock:
+                inner = self._defaults.get(id(family))
+                if inner is None:
+                    inner = getattr(family.module, self._factory)(**self._options)
+                    self._defaults[id(family)] = inner
+        return inner
+
+    def all(self) -> list[Any]:
+        with self._lock:
+            return [self._given] if self._given is not None else list(self._defaults.values())
+
+
+class ReveniumTransport(httpx.BaseTransport):
+    """A sync transport that meters Ollama calls and forwards everything unchanged.
+
+    ``inner`` is the transport that does the HTTP exchange, of the same family as the
+    client (``httpx.HTTPTransport`` or ``httpx2.HTTPTransport``). Without it, one is made
+    per family with ``transport_options`` (``verify``, ``cert``, ``limits``, ``proxy``,
+    ``retries``, ``http2``...): a client given a transport ignores its own such settings.
+    """
+
+    def __init__(
+        self, inner: Any | None = None, *, sink: Sink | None = None, **transport_options: Any
+    ) -> None:
+        self._inners = _Inners(inner, transport_options, "HTTPTransport")
+        self._sink: Sink = sink if sink is not None else submit_default
+
+    def handle_request(self, request: Any) -> Any:
+        family = _family_of(request)
+        try:
+            observation = _observe(request, self._sink)
+        except Exception:
+            internal_failure("request")
+            observation = None
+        inner = self._inners.for_family(family)
+        if observation is None:
+            return inner.handle_request(request)
+        try:
+            response = inner.handle_request(request)
+        except BaseException as exc:
+            _end(observation, ENDED_RAISED, exc)
+            raise
+        try:
+            if not _response_started(observation, response):
+                response.stream = family.sync_tee(response.stream, observation)
+        except Exception:
+            internal_failure("response")
+        return response
+
+    def close(self) -> None:
+        for inner in self._inners.all():
+            inner.close()
+
+
+class AsyncReveniumTransport(httpx.AsyncBaseTransport):
+    """The asyncio counterpart of ``ReveniumTransport``; same arguments."""
+
+    def __init__(
+        self, inner: Any | None = None, *, sink: Sink | None = None, **transport_options: Any
+    ) -> None:
+        self._inners = _Inners(inner, transport_options, "AsyncHTTPTransport")
+        self._sink: Sink = sink if sink is not None else submit_default
+
+    async def handle_async_request(self, request: Any) -> Any:
+        family = _family_of(request)
+        try:
+            observation = _observe(request, self._sink)
+        except Exception:
+            internal_failure("request")
+            observation = None
+        inner = self._inners.for_family(family)
+        if observation is None:
+            return await inner.handle_async_request(request)
+        try:
+            response = await inner.handle_async_request(request)
+        except BaseException as exc:
+            _end(observation, ENDED_RAISED, exc)
+            raise
+        try:
+            if not _response_started(observation, response):
+                response.stream = family.async_tee(response.stream, observation)
+        except Exception:
+            internal_failure("response")
+        return response
+
+    async def aclose(self) -> None:
+        for inner in self._inners.all():
+            await inner.aclose()

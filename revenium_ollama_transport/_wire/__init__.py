@@ -1,0 +1,1 @@
+"""Pure wire parsers: bytes in, facts out. No I/O, no clock, no logging."""
