@@ -114,8 +114,9 @@ def set_overrides(**values: Any) -> None:
     if "base_url" in values and values["base_url"] is not None:
         base, problem = normalise_base_url(str(values["base_url"]))
         if problem:
-            (logger.error if base is None else logger.warning)("%s", problem.replace(
-                "REVENIUM_METERING_BASE_URL", "configure(base_url=...)"))
+            (logger.error if base is None else logger.warning)(
+                "%s", problem.replace("REVENIUM_METERING_BASE_URL", "configure(base_url=...)")
+            )
         values["base_url"] = base
     with _lock:
         _overrides.update(values)

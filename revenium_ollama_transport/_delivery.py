@@ -165,7 +165,8 @@ class Dispatcher:
             self._last_overflow_warning = now
             logger.warning(
                 "metering queue is full (%d records); dropping records (%d so far)",
-                self._settings.queue_size, counters.get("dropped.queue_full"),
+                self._settings.queue_size,
+                counters.get("dropped.queue_full"),
             )
 
     def _set_wake(self) -> None:
@@ -320,8 +321,9 @@ class Dispatcher:
                 if not self._urgent:
                     await asyncio.sleep(_LINGER)
 
-    def _done(self, task: asyncio.Task[None], tasks: set[asyncio.Task[None]],
-              slots: asyncio.Semaphore) -> None:
+    def _done(
+        self, task: asyncio.Task[None], tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore
+    ) -> None:
         tasks.discard(task)
         slots.release()
         with self._idle:
@@ -360,14 +362,20 @@ class Dispatcher:
             logger.debug("metering record %s", orjson.dumps(_redacted(record.wire)).decode())
         if not settings.api_key:
             counters.add("dropped.no_api_key")
-            self._warn_once("no-key", "REVENIUM_METERING_API_KEY is not set: metering records "
-                            "are not sent (the calls themselves are unaffected)")
+            self._warn_once(
+                "no-key",
+                "REVENIUM_METERING_API_KEY is not set: metering records "
+                "are not sent (the calls themselves are unaffected)",
+            )
             return
         endpoint = settings.endpoint
         if endpoint is None:
             counters.add("dropped.invalid_base_url")
-            self._warn_once("no-url", "REVENIUM_METERING_BASE_URL is not usable: metering "
-                            "records are not sent (see the error logged when it was read)")
+            self._warn_once(
+                "no-url",
+                "REVENIUM_METERING_BASE_URL is not usable: metering "
+                "records are not sent (see the error logged when it was read)",
+            )
             return
         body = orjson.dumps(record.wire)
         headers = {
@@ -393,16 +401,29 @@ class Dispatcher:
                     classify_response(response)
         except _Transient as exc:
             counters.add("dropped.retries_exhausted")
-            logger.warning("metering record %s not delivered after %d attempts: %s",
-                           record.transaction_id, settings.max_attempts, exc)
+            logger.warning(
+                "metering record %s not delivered after %d attempts: %s",
+                record.transaction_id,
+                settings.max_attempts,
+                exc,
+            )
         except _Permanent as exc:
             counters.add(f"failed.{exc.status}")
             if exc.status in (401, 403):
-                self._warn_once(f"auth-{exc.status}", "the metering API refused the API key "
-                                "(HTTP %d: %s); check REVENIUM_METERING_API_KEY", exc.status, exc)
+                self._warn_once(
+                    f"auth-{exc.status}",
+                    "the metering API refused the API key "
+                    "(HTTP %d: %s); check REVENIUM_METERING_API_KEY",
+                    exc.status,
+                    exc,
+                )
             else:
-                logger.warning("metering record %s refused (HTTP %d): %s",
-                               record.transaction_id, exc.status, exc)
+                logger.warning(
+                    "metering record %s refused (HTTP %d): %s",
+                    record.transaction_id,
+                    exc.status,
+                    exc,
+                )
         except Exception:
             internal_failure("deliver")
             counters.add("dropped.internal_error")

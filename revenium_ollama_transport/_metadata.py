@@ -43,8 +43,11 @@ class usage_metadata:
     def __init__(self, metadata: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
         merged: dict[str, Any] = dict(metadata) if isinstance(metadata, Mapping) else {}
         if metadata is not None and not isinstance(metadata, Mapping):
-            _warn_once(("not-a-mapping",), "usage_metadata must be a mapping; got %s, ignored",
-                       type(metadata).__name__)
+            _warn_once(
+                ("not-a-mapping",),
+                "usage_metadata must be a mapping; got %s, ignored",
+                type(metadata).__name__,
+            )
         merged.update(fields)
         self._metadata = merged
         self._tokens: list[Token[Layers]] = []
@@ -132,8 +135,13 @@ _SUBSCRIBER_FLAT: dict[str, tuple[str, ...]] = {
 }
 _SUBSCRIBER_CAP = 255
 
-ACCEPTED_KEYS: tuple[str, ...] = (*_FIELDS, "subscriber", *_SUBSCRIBER_FLAT, "organization_id",
-                                  "product_id")
+ACCEPTED_KEYS: tuple[str, ...] = (
+    *_FIELDS,
+    "subscriber",
+    *_SUBSCRIBER_FLAT,
+    "organization_id",
+    "product_id",
+)
 
 _warned: set[tuple[str, ...]] = set()
 _warned_lock = threading.Lock()
@@ -195,8 +203,9 @@ def _subscriber_part(path: tuple[str, ...], value: object, into: dict[str, Any])
 
 def _subscriber(value: object, into: dict[str, Any]) -> None:
     if not isinstance(value, Mapping):
-        _problem("subscriber", "type", "must be a mapping, got %s; field dropped",
-                 type(value).__name__)
+        _problem(
+            "subscriber", "type", "must be a mapping, got %s; field dropped", type(value).__name__
+        )
         return
     for key, part in value.items():
         if key in ("id", "email"):
@@ -209,11 +218,17 @@ def _subscriber(value: object, into: dict[str, Any]) -> None:
                 if cred_key in ("name", "value"):
                     _subscriber_part(("credential", cred_key), cred_value, into)
                 else:
-                    _problem(f"subscriber.credential.{cred_key}", "unknown",
-                             "is not a known key (name, value); ignored")
+                    _problem(
+                        f"subscriber.credential.{cred_key}",
+                        "unknown",
+                        "is not a known key (name, value); ignored",
+                    )
         else:
-            _problem(f"subscriber.{key}", "unknown",
-                     "is not a known key (id, email, credential); ignored")
+            _problem(
+                f"subscriber.{key}",
+                "unknown",
+                "is not a known key (id, email, credential); ignored",
+            )
 
 
 def normalise(layer: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,8 +249,12 @@ def normalise(layer: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _SUBSCRIBER_FLAT:
             _subscriber_part(_SUBSCRIBER_FLAT[key], value, subscriber)
         else:
-            _warn_once(("unknown", str(key)), "usage_metadata key %r is not known; ignored. "
-                       "Accepted keys: %s", key, ", ".join(ACCEPTED_KEYS))
+            _warn_once(
+                ("unknown", str(key)),
+                "usage_metadata key %r is not known; ignored. Accepted keys: %s",
+                key,
+                ", ".join(ACCEPTED_KEYS),
+            )
     if subscriber:
         out["subscriber"] = subscriber
     return out

@@ -37,7 +37,7 @@ class CallObservation:
         "ended",
         "exception",
         "header_metadata",
-                "layers",
+        "layers",
         "mono_end",
         "mono_first_token",
         "mono_headers",

@@ -189,4 +189,3 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
     if observation.undecodable:
         details["undecodable_encoding"] = observation.content_encoding
     return MeteringRecord(wire=wire, details=details)
-

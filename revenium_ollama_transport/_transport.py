@@ -111,9 +111,7 @@ class _Family:
     def __init__(self, module_name: str) -> None:
         self.module: Any = importlib.import_module(module_name)
         # The client asserts that a response stream is its own family's byte stream.
-        self.sync_tee: type[_SyncTee] = type(
-            "SyncTee", (_SyncTee, self.module.SyncByteStream), {}
-        )
+        self.sync_tee: type[_SyncTee] = type("SyncTee", (_SyncTee, self.module.SyncByteStream), {})
         self.async_tee: type[_AsyncTee] = type(
             "AsyncTee", (_AsyncTee, self.module.AsyncByteStream), {}
         )
