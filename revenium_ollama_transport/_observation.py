@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._routes import Route
-from ._wire._encoding import Decode, decoder_for
+from ._wire._encoding import decoder_for
 from ._wire._native import NativeParser
 
 # How a call ended, from the transport's point of view.
@@ -23,6 +23,8 @@ ENDED_CLOSED = "closed"  # the caller closed the response before its end
 ENDED_RAISED = "raised"  # the exchange raised (connection lost, timeout, cancelled)
 
 Sink = Callable[["CallObservation"], None]
+# Shown each read of the response body; a true result means a first token arrived.
+Feed = Callable[[bytes], object]
 
 
 def ignore_bytes(data: bytes) -> bool:
@@ -31,9 +33,12 @@ def ignore_bytes(data: bytes) -> bool:
 
 
 class CallObservation:
+    """One call's facts; the response's are None until ``response_started`` and ``end``."""
+
     __slots__ = (
+        "body",
         "content_encoding",
-        "decoder",
+        "content_type",
         "ended",
         "exception",
         "header_metadata",
@@ -44,12 +49,10 @@ class CallObservation:
         "mono_start",
         "parser",
         "request_body",
-        "response_headers",
         "route",
         "sink",
         "status",
         "transaction",
-        "undecodable",
         "url",
         "wall_start",
     )
@@ -74,39 +77,42 @@ class CallObservation:
         self.transaction = random.getrandbits(128)
         self.wall_start = time.time()
         self.mono_start = time.perf_counter()
+        self.status: int | None = None
+        self.content_type: bytes | None = None
+        self.content_encoding: bytes | None = None
         self.mono_headers: float | None = None
         self.mono_first_token: float | None = None
         self.mono_end: float | None = None
-        self.status: int | None = None
-        self.response_headers: Any = None
-        self.content_encoding: str | None = None
-        self.parser: NativeParser | None = NativeParser()
-        self.decoder: Decode | None = None
-        self.undecodable = False
+        self.parser: NativeParser | None = None
+        self.body: list[bytes] | None = None
         self.ended: str | None = None
         self.exception: BaseException | None = None
 
-    def response_started(self, status: int, headers: Any, content_encoding: str | None) -> None:
-        """``headers`` is the response's own headers object: read off the caller's path."""
+    def response_started(
+        self, status: int, content_type: bytes | None, content_encoding: bytes | None
+    ) -> Feed:
+        """Notes the response head; returns the function to show each body read to.
+
+        A stream is parsed as it goes: the time of its first token and its chunk count are
+        only known then. Any other body is kept as its reads, parsed in the delivery thread.
+        """
         self.mono_headers = time.perf_counter()
         self.status = status
-        self.response_headers = headers
-        if content_encoding and content_encoding.strip().lower() != "identity":
-            self.content_encoding = content_encoding
-            self.decoder = decoder_for(content_encoding)
-            if self.decoder is None:
-                self.undecodable = True
-                self.parser = None
-
-    def feeder(self) -> Callable[[bytes], bool]:
-        """The function to show response bytes to; True means a first token arrived."""
-        parser = self.parser
-        if parser is None:
-            return ignore_bytes
-        decoder = self.decoder
-        if decoder is None:
+        self.content_type = content_type
+        self.content_encoding = content_encoding
+        if status >= 400 or content_type is None or b"ndjson" not in content_type:
+            body: list[bytes] = []
+            self.body = body
+            return body.append
+        parser = NativeParser()
+        if content_encoding is None:
+            self.parser = parser
             return parser.feed
-        return lambda data: parser.feed(decoder(data))
+        decode = decoder_for(content_encoding.decode("latin-1"))
+        if decode is None:
+            return ignore_bytes  # an encoding we cannot read: recorded without usage
+        self.parser = parser
+        return lambda data: parser.feed(decode(data))
 
     def first_token(self) -> None:
         if self.mono_first_token is None:

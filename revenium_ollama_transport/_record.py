@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 
 from ._observation import ENDED_CLOSED, ENDED_EOF, CallObservation
+from ._wire._encoding import decoder_for
+from ._wire._native import NativeParser
 
 _DONE_REASONS = {"stop": "END", "length": "TOKEN_LIMIT", "load": "END", "unload": "END"}
 _OLLAMA_TIMINGS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
@@ -56,13 +58,6 @@ def _request_json(observation: CallObservation) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def _content_type(headers: Any) -> str | None:
-    if headers is None:
-        return None
-    value = headers.get("content-type")
-    return value if isinstance(value, str) else None
-
-
 def _exception_reason(exception: BaseException) -> str:
     text = str(exception)
     name = type(exception).__name__
@@ -73,10 +68,24 @@ def _is_timeout(exception: BaseException) -> bool:
     return any("Timeout" in cls.__name__ for cls in type(exception).__mro__)
 
 
-def build_record(observation: CallObservation, metadata: dict[str, Any]) -> MeteringRecord:
+def _body_parser(observation: CallObservation) -> tuple[NativeParser | None, bool]:
+    """The parser holding what the response said, and whether its encoding was unreadable."""
+    encoding = observation.content_encoding
+    decode = None if encoding is None else decoder_for(encoding.decode("latin-1"))
+    undecodable = encoding is not None and decode is None
     parser = observation.parser
+    if parser is None and observation.body is not None and not undecodable:
+        data = b"".join(observation.body)
+        parser = NativeParser()
+        parser.feed(decode(data) if decode is not None else data)
+        parser.finish()
     if parser is not None:
         parser.resolve()
+    return parser, undecodable
+
+
+def build_record(observation: CallObservation, metadata: dict[str, Any]) -> MeteringRecord:
+    parser, undecodable = _body_parser(observation)
     request = _request_json(observation)
     final = parser.final if parser is not None else None
     route = observation.route
@@ -88,9 +97,9 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
     duration_ms = max(0, round((end - start) * 1000))
     response_time = iso_utc(wall + (end - start))
 
-    content_type = _content_type(observation.response_headers)
+    content_type = observation.content_type
     if status is not None and status < 400 and content_type is not None:
-        streamed = "ndjson" in content_type
+        streamed = b"ndjson" in content_type
     else:
         # The server streams when "stream" is absent; the embed routes never stream.
         streamed = not route.embeddings and request.get("stream", True) is not False
@@ -142,7 +151,7 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
             error_reason = _exception_reason(exception)
     elif observation.ended == ENDED_CLOSED:
         stop_reason = "CANCELLED"
-    elif parser is None:
+    elif undecodable:
         stop_reason = "END"  # an encoding we cannot read: the call went through, usage unknown
     else:
         stop_reason = "ERROR"
@@ -186,6 +195,6 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
         for name in _OLLAMA_TIMINGS:
             details[name] = _count(final.get(name))
         details["prompt_eval_cached_count"] = _count(final.get("prompt_eval_cached_count"))
-    if observation.undecodable:
-        details["undecodable_encoding"] = observation.content_encoding
+    if undecodable and observation.content_encoding is not None:
+        details["undecodable_encoding"] = observation.content_encoding.decode("latin-1")
     return MeteringRecord(wire=wire, details=details)

@@ -19,6 +19,7 @@ from ._observation import (
     ENDED_EOF,
     ENDED_RAISED,
     CallObservation,
+    Feed,
     Sink,
     ignore_bytes,
 )
@@ -28,7 +29,6 @@ from ._stats import internal_failure
 
 METADATA_HEADER = "x-revenium-metadata"
 _METADATA_HEADER_KEY = METADATA_HEADER.encode()
-_CONTENT_ENCODING_KEY = b"content-encoding"
 
 
 def _end(observation: CallObservation, how: str, exception: BaseException | None = None) -> None:
@@ -46,13 +46,14 @@ def _feed_failed(observation: CallObservation) -> None:
 class _SyncTee:
     """Yields the inner stream's chunks unchanged, showing each to the observation."""
 
-    def __init__(self, inner: Any, observation: CallObservation) -> None:
+    def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
         self._inner = inner
         self._observation = observation
+        self._feed = feed
 
     def __iter__(self) -> Iterator[bytes]:
         observation = self._observation
-        feed = observation.feeder()
+        feed = self._feed
         try:
             for chunk in self._inner:
                 try:
@@ -75,13 +76,14 @@ class _SyncTee:
 
 
 class _AsyncTee:
-    def __init__(self, inner: Any, observation: CallObservation) -> None:
+    def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
         self._inner = inner
         self._observation = observation
+        self._feed = feed
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         observation = self._observation
-        feed = observation.feeder()
+        feed = self._feed
         try:
             async for chunk in self._inner:
                 try:
@@ -145,6 +147,26 @@ def _has_header(headers: Any, lower_name: bytes) -> bool:
     return lower_name in [triple[1] for triple in triples]
 
 
+def _content_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
+    """(Content-Type, Content-Encoding) in one pass over the headers (see ``_has_header``)."""
+    triples = getattr(headers, "_list", None)
+    if triples is None:
+        content_type, encoding = headers.get("content-type"), headers.get("content-encoding")
+        return (
+            None if content_type is None else content_type.encode("latin-1"),
+            None if encoding is None else encoding.encode("latin-1"),
+        )
+    content_type = encoding = None
+    for _, name, value in triples:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-encoding":
+            encoding = value
+    if encoding is not None and encoding.strip().lower() == b"identity":
+        encoding = None
+    return content_type, encoding
+
+
 def _observe(request: Any, sink: Sink) -> CallObservation | None:
     """Starts an observation for a metered request (None for any other), and takes the
     metadata header off the request so that Ollama never sees it."""
@@ -163,21 +185,19 @@ def _observe(request: Any, sink: Sink) -> CallObservation | None:
     return CallObservation(route, body, current_layers(), header_metadata, request.url, sink)
 
 
-def _response_started(observation: CallObservation, response: Any) -> bool:
-    """Notes the status and headers; True when the body was already read (nothing to tee)."""
-    headers = response.headers
-    encoding = None
-    if _has_header(headers, _CONTENT_ENCODING_KEY):
-        encoding = headers.get("content-encoding")
-    observation.response_started(response.status_code, headers, encoding)
+def _response_started(observation: CallObservation, response: Any) -> Feed | None:
+    """Notes the response head; returns the feed for the body, or None when the body was
+    already read (nothing left to tee)."""
+    content_type, encoding = _content_headers(response.headers)
+    feed = observation.response_started(response.status_code, content_type, encoding)
     # A response built from bytes (MockTransport, ASGI/WSGI apps) arrives already read.
     content = getattr(response, "_content", None)
     if content is None:
-        return False
-    if observation.feeder()(content):
+        return feed
+    if feed(content):
         observation.first_token()
     _end(observation, ENDED_EOF)
-    return True
+    return None
 
 
 class _Inners:
@@ -242,8 +262,9 @@ class ReveniumTransport(httpx.BaseTransport):
             _end(observation, ENDED_RAISED, exc)
             raise
         try:
-            if not _response_started(observation, response):
-                response.stream = family.sync_tee(response.stream, observation)
+            feed = _response_started(observation, response)
+            if feed is not None:
+                response.stream = family.sync_tee(response.stream, observation, feed)
         except Exception:
             internal_failure("response")
         return response
@@ -278,8 +299,9 @@ class AsyncReveniumTransport(httpx.AsyncBaseTransport):
             _end(observation, ENDED_RAISED, exc)
             raise
         try:
-            if not _response_started(observation, response):
-                response.stream = family.async_tee(response.stream, observation)
+            feed = _response_started(observation, response)
+            if feed is not None:
+                response.stream = family.async_tee(response.stream, observation, feed)
         except Exception:
             internal_failure("response")
         return response

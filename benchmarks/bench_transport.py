@@ -1,0 +1,177 @@
+"""Per-call and per-chunk cost of the metering transport, side by side with no transport.
+
+Both clients talk to the same in-process ``httpx.MockTransport`` answering as Ollama does,
+so the figures are the cost of the Python code on the call's path: the ollama client and
+httpx in the baseline, plus ours in the metered run. Calls alternate between the two
+clients, so both see the same machine state. Records are built and delivered for real,
+to the fake metering API on loopback, by the background thread during the run.
+
+    python benchmarks/bench_transport.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from importlib.metadata import version
+
+import httpx
+import ollama
+import orjson
+
+import revenium_ollama_transport as metering
+from revenium_ollama_transport import ReveniumTransport
+from revenium_ollama_transport.testing import FakeMeteringAPI
+
+CREATED = "2024-07-22T20:16:05.213393Z"
+STREAM_CHUNKS = 200
+
+
+def chat_final(content: str) -> bytes:
+    return orjson.dumps(
+        {
+            "model": "qwen2.5:0.5b",
+            "created_at": CREATED,
+            "message": {"role": "assistant", "content": content},
+            "done": True,
+            "done_reason": "stop",
+            "total_duration": 312_345_678,
+            "load_duration": 12_345_678,
+            "prompt_eval_count": 26,
+            "prompt_eval_duration": 45_678_901,
+            "eval_count": 7,
+            "eval_duration": 234_567_890,
+        }
+    )
+
+
+NON_STREAMED = chat_final("Rayleigh scattering makes short wavelengths scatter more.")
+CHUNK = (
+    b'{"model":"qwen2.5:0.5b","created_at":"2024-07-22T20:16:05.213393Z",'
+    b'"message":{"role":"assistant","content":" tok"},"done":false}\n'
+)
+FINAL_LINE = chat_final("") + b"\n"
+EMBED = orjson.dumps(
+    {
+        "model": "all-minilm",
+        "embeddings": [[0.0123456789] * 384],
+        "total_duration": 14_000_000,
+        "load_duration": 1_000_000,
+        "prompt_eval_count": 8,
+    }
+)
+
+
+class Chunks(httpx.SyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._chunks
+
+
+STREAM = [CHUNK] * STREAM_CHUNKS + [FINAL_LINE]
+JSON_HEADERS = {"content-type": "application/json; charset=utf-8"}
+
+
+def ollama_mock(request: httpx.Request) -> httpx.Response:
+    # Bodies are handed over as streams, as a network transport does, not pre-read.
+    if request.url.path == "/api/embed":
+        return httpx.Response(200, headers=JSON_HEADERS, stream=Chunks([EMBED]))
+    if b'"stream":true' in request.content:
+        headers = {"content-type": "application/x-ndjson"}
+        return httpx.Response(200, headers=headers, stream=Chunks(STREAM))
+    return httpx.Response(200, headers=JSON_HEADERS, stream=Chunks([NON_STREAMED]))
+
+
+SMALL = [{"role": "user", "content": "Why is the sky blue?"}]
+LARGE = [{"role": "user", "content": "Summarise this: " + "lorem ipsum dolor sit amet " * 75}]
+
+
+def scenarios(client: ollama.Client) -> dict[str, Callable[[], object]]:
+    def stream() -> None:
+        for _ in client.chat(model="qwen2.5:0.5b", messages=SMALL, stream=True):
+            pass
+
+    return {
+        "chat, small prompt": lambda: client.chat(model="qwen2.5:0.5b", messages=SMALL),
+        "chat, 2 KB prompt": lambda: client.chat(model="qwen2.5:0.5b", messages=LARGE),
+        f"chat streamed, {STREAM_CHUNKS} chunks": stream,
+        "embed, 384 dims": lambda: client.embed(model="all-minilm", input="hello"),
+    }
+
+
+def timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter_ns()
+    call()
+    return (time.perf_counter_ns() - start) / 1000.0
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=4000, help="calls per scenario and client")
+    args = parser.parse_args()
+
+    mock = httpx.MockTransport(ollama_mock)
+    baseline = ollama.Client(host="http://ollama.bench", transport=mock)
+    metered = ollama.Client(host="http://ollama.bench", transport=ReveniumTransport(mock))
+
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
+        f"ollama {version('ollama')}, httpx {version('httpx')}, "
+        f"revenium-ollama-transport {metering.__version__}"
+    )
+    print(f"{args.rounds} calls per scenario and client, alternating; times in microseconds\n")
+    header = (
+        f"{'scenario':<26} {'baseline':>9} {'metered':>9} {'added':>7} {'ratio':>6}"
+        f" {'base p95':>9} {'met. p95':>9}  note"
+    )
+    print(header)
+    print("-" * len(header))
+    with FakeMeteringAPI() as api:
+        # A queue deep enough that no record is dropped while the calls outpace delivery.
+        metering.configure(api_key="hak_bench", base_url=api.url, queue_size=1_000_000)
+        base_calls = scenarios(baseline)
+        metered_calls = scenarios(metered)
+        for name, base_call in base_calls.items():
+            metered_call = metered_calls[name]
+            rounds = args.rounds if "streamed" not in name else max(50, args.rounds // 20)
+            for _ in range(min(200, rounds)):  # warm-up
+                base_call()
+                metered_call()
+            gc.collect()
+            base: list[float] = []
+            with_us: list[float] = []
+            for _ in range(rounds):
+                base.append(timed(base_call))
+                with_us.append(timed(metered_call))
+            b, m = statistics.median(base), statistics.median(with_us)
+            note = ""
+            if "streamed" in name:
+                note = f"{(m - b) / STREAM_CHUNKS:.3f} us added per chunk"
+            print(
+                f"{name:<26} {b:9.1f} {m:9.1f} {m - b:7.2f} {m / b:6.3f}"
+                f" {p95(base):9.1f} {p95(with_us):9.1f}  {note}"
+            )
+        delivered = metering.flush(60.0)
+        stats = metering.stats()
+        print(
+            f"\nrecords delivered to the fake metering API during the run: "
+            f"{stats.get('delivered', 0)} of {stats.get('recorded', 0)} "
+            f"({'all' if delivered else 'NOT all'} flushed); stored: {len(api.records)}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
