@@ -18,10 +18,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import orjson
 from tenacity import (
     AsyncRetrying,
@@ -32,6 +31,7 @@ from tenacity import (
 )
 
 from . import _config, _metadata
+from ._http import Reply, Sender, SendError, sender_for
 from ._log import secret_filter
 from ._observation import CallObservation
 from ._record import MeteringRecord, build_record
@@ -78,11 +78,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
-def _server_reason(response: httpx.Response) -> str:
+def _server_reason(reply: Reply) -> str:
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200] or response.reason_phrase
+        body = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        return reply.body[:200].decode("utf-8", "replace") or f"HTTP {reply.status}"
     if isinstance(body, dict):
         for key in ("message", "error", "detail", "errorMessage"):
             value = body.get(key)
@@ -93,19 +93,19 @@ def _server_reason(response: httpx.Response) -> str:
     return orjson.dumps(body).decode()[:200]
 
 
-def classify_response(response: httpx.Response) -> None:
+def classify_response(reply: Reply) -> None:
     """Returns for a stored record; raises ``_Transient`` or ``_Permanent`` otherwise."""
-    status = response.status_code
+    status = reply.status
     if 200 <= status < 300:
         return
-    should_retry = response.headers.get("x-should-retry", "").strip().lower()
-    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    should_retry = reply.headers.get("x-should-retry", "").strip().lower()
+    retry_after = parse_retry_after(reply.headers.get("retry-after"))
     transient = status in (408, 429) or status >= 500 or (status == 409 and retry_after is not None)
     if should_retry == "true":
         transient = True
     elif should_retry == "false":
         transient = False
-    reason = _server_reason(response)
+    reason = _server_reason(reply)
     if transient:
         raise _Transient(f"HTTP {status}: {reason}", retry_after)
     raise _Permanent(status, reason)
@@ -284,25 +284,25 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._refresh_settings()
         settings = self._settings
-        limits = httpx.Limits(
-            max_connections=settings.max_in_flight, max_keepalive_connections=settings.max_in_flight
-        )
-        async with httpx.AsyncClient(timeout=settings.request_timeout, limits=limits) as client:
+        senders = _Senders()
+        try:
             slots = asyncio.Semaphore(settings.max_in_flight)
             tasks: set[asyncio.Task[None]] = set()
             queue = self._queue
             while True:
                 self._refresh_settings()
                 while queue:
-                    observation = queue.popleft()
-                    record = self._record(observation)
+                    # Counted before it leaves the queue, so that flush() in another thread
+                    # never sees it in neither place.
+                    self._in_flight += 1
+                    record = self._record(queue.popleft())
                     if record is None:
                         with self._idle:
+                            self._in_flight -= 1
                             self._idle.notify_all()
                         continue
                     await slots.acquire()
-                    self._in_flight += 1
-                    task = asyncio.create_task(self._deliver(client, record))
+                    task = asyncio.create_task(self._deliver(senders, record))
                     tasks.add(task)
                     task.add_done_callback(lambda t: self._done(t, tasks, slots))
                 if self._stopping and not tasks:
@@ -320,6 +320,8 @@ class Dispatcher:
                 self._asleep = False
                 if not self._urgent:
                     await asyncio.sleep(_LINGER)
+        finally:
+            await senders.aclose()
 
     def _done(
         self, task: asyncio.Task[None], tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore
@@ -351,12 +353,34 @@ class Dispatcher:
                 internal_failure("listener")
         return record
 
+    @staticmethod
+    async def _retry(
+        once: Callable[[], Awaitable[None]], first: _Transient, settings: _config.Settings
+    ) -> None:
+        """Attempts 2..max_attempts with tenacity, after a first attempt that failed."""
+        replay: _Transient | None = first
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(settings.max_attempts),
+            wait=_wait(settings.max_retry_wait),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if replay is not None:
+                    # Tenacity's attempt 1 is the one already made: replaying its failure
+                    # lets tenacity count it and wait as its answer (Retry-After) asks.
+                    failure, replay = replay, None
+                    raise failure
+                counters.add("retried")
+                await once()
+
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message, *args)
 
-    async def _deliver(self, client: httpx.AsyncClient, record: MeteringRecord) -> None:
+    async def _deliver(self, senders: _Senders, record: MeteringRecord) -> None:
         settings = self._settings
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("metering record %s", orjson.dumps(_redacted(record.wire)).decode())
@@ -377,28 +401,26 @@ class Dispatcher:
                 "records are not sent (see the error logged when it was read)",
             )
             return
+        sender = senders.get(endpoint, settings)
         body = orjson.dumps(record.wire)
         headers = {
             "content-type": "application/json",
             "x-api-key": settings.api_key,
             "idempotency-key": record.transaction_id,
         }
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.max_attempts),
-            wait=_wait(settings.max_retry_wait),
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
+
+        async def once() -> None:
+            try:
+                reply = await sender.post(body, headers)
+            except SendError as exc:
+                raise _Transient(str(exc)) from exc
+            classify_response(reply)
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        counters.add("retried")
-                    try:
-                        response = await client.post(endpoint, content=body, headers=headers)
-                    except httpx.TransportError as exc:
-                        raise _Transient(f"{type(exc).__name__}: {exc}") from exc
-                    classify_response(response)
+            try:
+                await once()  # most records need no retry machinery at all
+            except _Transient as first:
+                await self._retry(once, first, settings)
         except _Transient as exc:
             counters.add("dropped.retries_exhausted")
             logger.warning(
@@ -429,6 +451,29 @@ class Dispatcher:
             counters.add("dropped.internal_error")
         else:
             counters.add("delivered")
+
+
+class _Senders:
+    """The HTTP sender for the current endpoint, made anew when settings change it."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, float, int] | None = None
+        self._sender: Sender | None = None
+        self._retired: list[Sender] = []
+
+    def get(self, endpoint: str, settings: _config.Settings) -> Sender:
+        key = (endpoint, settings.request_timeout, settings.max_in_flight)
+        if self._sender is None or key != self._key:
+            if self._sender is not None:
+                self._retired.append(self._sender)  # closed at the end: requests may be in flight
+            self._sender = sender_for(endpoint, settings.request_timeout, settings.max_in_flight)
+            self._key = key
+        return self._sender
+
+    async def aclose(self) -> None:
+        for sender in [*self._retired, *([self._sender] if self._sender else [])]:
+            with contextlib.suppress(Exception):
+                await sender.aclose()
 
 
 def _header_layer(raw: str) -> dict[str, Any]:
