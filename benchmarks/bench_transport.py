@@ -3,8 +3,9 @@
 Both clients talk to the same in-process ``httpx.MockTransport`` answering as Ollama does,
 so the figures are the cost of the Python code on the call's path: the ollama client and
 httpx in the baseline, plus ours in the metered run. Calls alternate between the two
-clients, so both see the same machine state. Records are built and delivered for real,
-to the fake metering API on loopback, by the background thread during the run.
+clients, so both see the same machine state. Records are built and delivered for real
+during the run, by our background thread, to the fake metering API running in another
+process on loopback (in this process its server threads would compete for the GIL).
 
     python benchmarks/bench_transport.py [--rounds N]
 """
@@ -16,6 +17,7 @@ import gc
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +29,6 @@ import orjson
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport
-from revenium_ollama_transport.testing import FakeMeteringAPI
 
 CREATED = "2024-07-22T20:16:05.213393Z"
 STREAM_CHUNKS = 200
@@ -107,6 +108,18 @@ def scenarios(client: ollama.Client) -> dict[str, Callable[[], object]]:
     }
 
 
+# The fake metering API in a child process: prints its URL, then the number of records it
+# stored when asked (a line on stdin).
+API_PROCESS = """
+import sys
+from revenium_ollama_transport.testing import FakeMeteringAPI
+with FakeMeteringAPI() as api:
+    print(api.url, flush=True)
+    for _ in sys.stdin:
+        print(len(api.records), flush=True)
+"""
+
+
 def timed(call: Callable[[], object]) -> float:
     start = time.perf_counter_ns()
     call()
@@ -138,9 +151,18 @@ def main() -> int:
     )
     print(header)
     print("-" * len(header))
-    with FakeMeteringAPI() as api:
+    api = subprocess.Popen(
+        [sys.executable, "-c", API_PROCESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert api.stdin is not None and api.stdout is not None
+    try:
         # A queue deep enough that no record is dropped while the calls outpace delivery.
-        metering.configure(api_key="hak_bench", base_url=api.url, queue_size=1_000_000)
+        metering.configure(
+            api_key="hak_bench", base_url=api.stdout.readline().strip(), queue_size=1_000_000
+        )
         base_calls = scenarios(baseline)
         metered_calls = scenarios(metered)
         for name, base_call in base_calls.items():
@@ -165,11 +187,17 @@ def main() -> int:
             )
         delivered = metering.flush(60.0)
         stats = metering.stats()
+        api.stdin.write("count\n")
+        api.stdin.flush()
+        stored = api.stdout.readline().strip()
         print(
             f"\nrecords delivered to the fake metering API during the run: "
             f"{stats.get('delivered', 0)} of {stats.get('recorded', 0)} "
-            f"({'all' if delivered else 'NOT all'} flushed); stored: {len(api.records)}"
+            f"({'all' if delivered else 'NOT all'} flushed); stored there: {stored}"
         )
+    finally:
+        api.stdin.close()
+        api.wait(10)
     return 0
 
 

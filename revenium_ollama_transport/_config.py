@@ -21,7 +21,7 @@ class Settings:
     api_key: str | None = None
     base_url: str | None = DEFAULT_BASE_URL  # normalised; None when the given one is unusable
     queue_size: int = 10_000
-    max_in_flight: int = 8
+    max_in_flight: int = 32
     request_timeout: float = 10.0
     max_attempts: int = 6
     max_retry_wait: float = 30.0
