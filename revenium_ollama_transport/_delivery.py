@@ -277,17 +277,32 @@ class Dispatcher:
         self._settings_stale = False
         settings = _config.current()
         secret_filter.register(settings.api_key)
+        if (settings.api_key, settings.base_url) != (
+            self._settings.api_key,
+            self._settings.base_url,
+        ):
+            self._warned.clear()  # a new key or URL deserves its own warnings
         self._settings = settings
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._refresh_settings()
-        settings = self._settings
         senders = _Senders()
+        tasks: set[asyncio.Task[None]] = set()
+        slot_freed = asyncio.Event()
+
+        def done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            slot_freed.set()
+            with self._idle:
+                self._in_flight -= 1
+                if not self._in_flight and not self._queue:
+                    self._idle.notify_all()
+            if self._stopping and not tasks:
+                self._set_wake()
+
         try:
-            slots = asyncio.Semaphore(settings.max_in_flight)
-            tasks: set[asyncio.Task[None]] = set()
             queue = self._queue
             while True:
                 self._refresh_settings()
@@ -301,10 +316,14 @@ class Dispatcher:
                             self._in_flight -= 1
                             self._idle.notify_all()
                         continue
-                    await slots.acquire()
+                    # The limit is read each time: configure() may change it at any moment.
+                    while len(tasks) >= max(1, self._settings.max_in_flight):
+                        slot_freed.clear()
+                        await slot_freed.wait()
+                        self._refresh_settings()
                     task = asyncio.create_task(self._deliver(senders, record))
                     tasks.add(task)
-                    task.add_done_callback(lambda t: self._done(t, tasks, slots))
+                    task.add_done_callback(done)
                 if self._stopping and not tasks:
                     return
                 self._wake.clear()
@@ -322,18 +341,6 @@ class Dispatcher:
                     await asyncio.sleep(_LINGER)
         finally:
             await senders.aclose()
-
-    def _done(
-        self, task: asyncio.Task[None], tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore
-    ) -> None:
-        tasks.discard(task)
-        slots.release()
-        with self._idle:
-            self._in_flight -= 1
-            if not self._in_flight and not self._queue:
-                self._idle.notify_all()
-        if self._stopping and not tasks:
-            self._set_wake()
 
     def _record(self, observation: CallObservation) -> MeteringRecord | None:
         try:

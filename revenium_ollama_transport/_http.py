@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 import sys
 import urllib.request
@@ -160,15 +161,33 @@ class DirectSender:
         self._head = f"POST {target} HTTP/1.1\r\nHost: {host_header}\r\n".encode("latin-1")
         self._idle: list[_Connection] = []
 
+    async def _addresses(self) -> list[str]:
+        """The host's addresses. asyncio resolves names in its default thread pool, which
+        refuses work once the interpreter is exiting: exactly when the last records are
+        delivered. Then the lookup is made here, blocking only this delivery thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        except RuntimeError:
+            infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
     async def _open(self) -> _Connection:
-        reader, writer = await asyncio.open_connection(
-            self._host,
-            self._port,
-            ssl=self._ssl,
-            limit=_MAX_HEAD,
-            server_hostname=self._host if self._tls else None,
-        )
-        return _Connection(reader, writer)
+        failure: OSError | None = None
+        for address in await self._addresses():
+            try:
+                reader, writer = await asyncio.open_connection(
+                    address,
+                    self._port,
+                    ssl=self._ssl,
+                    limit=_MAX_HEAD,
+                    server_hostname=self._host if self._tls else None,
+                )
+            except OSError as exc:
+                failure = exc
+                continue
+            return _Connection(reader, writer)
+        raise failure or OSError(f"no address for {self._host}")
 
     def _request(self, body: bytes, headers: dict[str, str]) -> bytes:
         lines = [self._head]
