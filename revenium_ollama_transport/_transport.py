@@ -74,6 +74,10 @@ class _SyncTee:
         finally:
             _end(self._observation, ENDED_CLOSED)
 
+    def __del__(self) -> None:
+        # A response dropped without close() still gets its one record, when collected.
+        _end(self._observation, ENDED_CLOSED)
+
 
 class _AsyncTee:
     def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
@@ -103,6 +107,9 @@ class _AsyncTee:
             await self._inner.aclose()
         finally:
             _end(self._observation, ENDED_CLOSED)
+
+    def __del__(self) -> None:
+        _end(self._observation, ENDED_CLOSED)
 
 
 class _Family:

@@ -4,6 +4,7 @@ delivered to the fake metering API and checked field by field."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import uuid
 from datetime import datetime
@@ -480,3 +481,39 @@ def test_mounts_and_transport_options(sim: OllamaSimulator, metered: FakeMeterin
     assert the_record(metered)["stopReason"] == "END"
     with pytest.raises(TypeError):
         ReveniumTransport(httpx.HTTPTransport(), retries=1)
+
+
+def test_response_dropped_without_close_still_gets_its_record(
+    sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    sim.reply = SimulatedReply(tokens=["a"] * 5)
+    http = httpx.Client(transport=ReveniumTransport(), base_url=sim.url)
+    request = http.build_request("POST", "/api/chat", json={"model": MODEL, "messages": MESSAGES})
+    response = http.send(request, stream=True)
+    assert response.status_code == 200
+    del response
+    gc.collect()
+    record = the_record(metered)
+    assert record["stopReason"] == "CANCELLED"
+    http.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_async_generate_and_embed_routes(
+    sim: OllamaSimulator, metered: FakeMeteringAPI, stream: bool
+) -> None:
+    sim.reply = SimulatedReply(tokens=["x", "y"], prompt_eval_count=5)
+    c = async_client(sim)
+    if stream:
+        parts = [p async for p in await c.generate(model=MODEL, prompt="hi", stream=True)]
+        assert "".join(p.response or "" for p in parts) == "xy"
+    else:
+        assert (await c.generate(model=MODEL, prompt="hi")).response == "xy"
+    await c.embed(model="all-minilm", input="one")
+    await c.embeddings(model="all-minilm", prompt="one")
+    assert metering.flush(10.0)
+    by_route = sorted(
+        (r["operationType"], r["inputTokenCount"], r["outputTokenCount"], r["isStreamed"])
+        for r in metered.records
+    )
+    assert by_route == [("EMBED", 0, 0, False), ("EMBED", 5, 0, False), ("GENERATE", 5, 2, stream)]
