@@ -167,7 +167,7 @@ def main() -> int:
         metered_calls = scenarios(metered)
         for name, base_call in base_calls.items():
             metered_call = metered_calls[name]
-            rounds = args.rounds if "streamed" not in name else max(50, args.rounds // 20)
+            rounds = args.rounds if "streamed" not in name else max(50, args.rounds // 6)
             for _ in range(min(200, rounds)):  # warm-up
                 base_call()
                 metered_call()

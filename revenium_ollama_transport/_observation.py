@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._routes import Route
-from ._wire._encoding import decoder_for
+from ._wire._encoding import Decode, decoder_for
 from ._wire._native import NativeParser
 
 # How a call ended, from the transport's point of view.
@@ -25,6 +25,8 @@ ENDED_RAISED = "raised"  # the exchange raised (connection lost, timeout, cancel
 Sink = Callable[["CallObservation"], None]
 # Shown each read of the response body; a true result means a first token arrived.
 Feed = Callable[[bytes], object]
+# Reads of a stream kept (after its first token) before they are parsed on the caller's path.
+KEEP_LIMIT = 512
 
 
 def ignore_bytes(data: bytes) -> bool:
@@ -39,6 +41,7 @@ class CallObservation:
         "body",
         "content_encoding",
         "content_type",
+        "decode",
         "ended",
         "exception",
         "header_metadata",
@@ -85,6 +88,7 @@ class CallObservation:
         self.mono_end: float | None = None
         self.parser: NativeParser | None = None
         self.body: list[bytes] | None = None
+        self.decode: Decode | None = None
         self.ended: str | None = None
         self.exception: BaseException | None = None
 
@@ -93,30 +97,54 @@ class CallObservation:
     ) -> Feed:
         """Notes the response head; returns the function to show each body read to.
 
-        A stream is parsed as it goes: the time of its first token and its chunk count are
-        only known then. Any other body is kept as its reads, parsed in the delivery thread.
+        Only what must be known as it happens is done on the caller's path: a stream is
+        parsed until its first token (for the time to first token), then its reads are
+        kept, like a whole body's, and parsed in the delivery thread (``digest``).
         """
         self.mono_headers = time.perf_counter()
         self.status = status
         self.content_type = content_type
         self.content_encoding = content_encoding
+        body: list[bytes] = []
         if status >= 400 or content_type is None or b"ndjson" not in content_type:
-            body: list[bytes] = []
             self.body = body
             return body.append
+        decode = None
+        if content_encoding is not None:
+            decode = decoder_for(content_encoding.decode("latin-1"))
+            if decode is None:
+                return ignore_bytes  # an encoding we cannot read: recorded without usage
         parser = NativeParser()
-        if content_encoding is None:
-            self.parser = parser
-            return parser.feed
-        decode = decoder_for(content_encoding.decode("latin-1"))
-        if decode is None:
-            return ignore_bytes  # an encoding we cannot read: recorded without usage
         self.parser = parser
+        self.body = body
+        self.decode = decode
+        if decode is None:
+            return parser.feed
         return lambda data: parser.feed(decode(data))
 
-    def first_token(self) -> None:
+    def first_token(self) -> Feed:
+        """Stamps the first token; returns the feed for the rest of the stream."""
         if self.mono_first_token is None:
             self.mono_first_token = time.perf_counter()
+        return self._keep
+
+    def _keep(self, data: bytes) -> None:
+        body = self.body
+        if body is None:
+            return
+        body.append(data)
+        if len(body) >= KEEP_LIMIT:
+            self.digest()  # bounds what a long stream holds, at the parser's cost per read
+
+    def digest(self) -> None:
+        """Shows the reads kept since the first token to the parser, in order."""
+        parser, body = self.parser, self.body
+        if parser is None or not body:
+            return
+        decode = self.decode
+        for data in body:
+            parser.feed(data if decode is None else decode(data))
+        body.clear()
 
     def end(self, how: str, exception: BaseException | None = None) -> None:
         """Ends the call; every call after the first is ignored."""
@@ -125,11 +153,4 @@ class CallObservation:
         self.mono_end = time.perf_counter()
         self.ended = how
         self.exception = exception
-        parser = self.parser
-        if parser is not None and how == ENDED_EOF:
-            try:
-                if parser.finish() and self.mono_first_token is None:
-                    self.mono_first_token = self.mono_end
-            except Exception:
-                self.parser = None
         self.sink(self)

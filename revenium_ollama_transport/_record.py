@@ -71,13 +71,17 @@ def _is_timeout(exception: BaseException) -> bool:
 def _body_parser(observation: CallObservation) -> tuple[NativeParser | None, bool]:
     """The parser holding what the response said, and whether its encoding was unreadable."""
     encoding = observation.content_encoding
-    decode = None if encoding is None else decoder_for(encoding.decode("latin-1"))
-    undecodable = encoding is not None and decode is None
+    undecodable = encoding is not None and decoder_for(encoding.decode("latin-1")) is None
     parser = observation.parser
-    if parser is None and observation.body is not None and not undecodable:
+    if parser is not None:  # a stream: parsed up to its first token, the rest kept
+        observation.digest()
+        if observation.ended == ENDED_EOF:
+            parser.finish()
+    elif observation.body is not None and not undecodable:
         data = b"".join(observation.body)
+        decode = None if encoding is None else decoder_for(encoding.decode("latin-1"))
         parser = NativeParser()
-        parser.feed(decode(data) if decode is not None else data)
+        parser.feed(data if decode is None else decode(data))
         parser.finish()
     if parser is not None:
         parser.resolve()

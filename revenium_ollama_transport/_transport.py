@@ -58,7 +58,7 @@ class _SyncTee:
             for chunk in self._inner:
                 try:
                     if feed(chunk):
-                        observation.first_token()
+                        feed = observation.first_token()
                 except Exception:
                     _feed_failed(observation)
                     feed = ignore_bytes
@@ -92,7 +92,7 @@ class _AsyncTee:
             async for chunk in self._inner:
                 try:
                     if feed(chunk):
-                        observation.first_token()
+                        feed = observation.first_token()
                 except Exception:
                     _feed_failed(observation)
                     feed = ignore_bytes

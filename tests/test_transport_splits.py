@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from revenium_ollama_transport import AsyncReveniumTransport, ReveniumTransport
+from revenium_ollama_transport._observation import KEEP_LIMIT
 
 from . import _streams
 from ._sinks import RecordingSink
@@ -93,3 +94,23 @@ async def test_async_bytes_unchanged_and_record_identical(name: str) -> None:
                 got = [chunk async for chunk in r.aiter_raw()]
         assert got == chunks
         assert sink.stable_wires() == [expected]
+
+
+def test_a_long_stream_is_digested_as_it_goes_and_counted_exactly() -> None:
+    tokens = 3 * KEEP_LIMIT + 7
+    body = b"".join(_streams.chat_line(f"t{i}") for i in range(tokens))
+    chunks = body.splitlines(keepends=True)  # one read per chunk, as Ollama sends them
+    sink = RecordingSink()
+    transport = ReveniumTransport(mock_for(chunks, "application/x-ndjson"), sink=sink)
+    with httpx.Client(transport=transport, base_url="http://ollama.test") as client:
+        with client.stream("POST", "/api/chat", json={"model": "m"}) as response:
+            for index, _ in enumerate(response.iter_raw()):
+                if index == tokens - 1:
+                    break
+    [observation] = sink.observations
+    kept = observation.body
+    assert kept is not None
+    assert len(kept) < KEEP_LIMIT  # what the caller's call holds stays bounded
+    [record] = sink.records()
+    assert record.wire["stopReason"] == "CANCELLED"
+    assert record.wire["outputTokenCount"] == tokens

@@ -59,6 +59,7 @@ class NativeParser:
     """
 
     __slots__ = (
+        "_fast",
         "_first_token_now",
         "_kept",
         "_pending",
@@ -74,6 +75,7 @@ class NativeParser:
         self._pending: list[bytes] = []
         self._kept: list[bytes] = []
         self._first_token_now = False
+        self._fast = False  # first token seen and no unfinished line: the cheap path applies
         self.token_chunks = 0
         self.first_token_seen = False
         self.tool_calls = False
@@ -81,16 +83,16 @@ class NativeParser:
         self.error: str | None = None
         self.malformed_lines = 0
 
-    def feed(self, data: bytes) -> bool:
-        if (
-            self.first_token_seen
-            and not self._pending
-            and data.endswith(_CHUNK_TAILS)
-            and data.find(b"\n") == len(data) - 1
-        ):
+    def feed(
+        self, data: bytes, _tails: tuple[bytes, bytes] = _CHUNK_TAILS, _newline: bytes = b"\n"
+    ) -> bool:
+        # The constant is a default argument, and the two conditions one flag, because
+        # this runs for every streamed chunk: each lookup saved is a few percent of it.
+        if self._fast and data.endswith(_tails) and data.find(_newline) == len(data) - 1:
             self.token_chunks += 1  # the common case: one whole intermediate chunk
             return False
         self._split(data)
+        self._fast = self.first_token_seen and not self._pending
         if self._first_token_now:
             self._first_token_now = False
             return True
