@@ -186,6 +186,26 @@ def main() -> int:
                 f" {p95(base):9.1f} {p95(with_us):9.1f}  {note}"
             )
         delivered = metering.flush(60.0)
+        # Whole-process CPU (all threads, kernel included) for the same calls with and
+        # without metering, the metered ones until their records are delivered: what the
+        # delivery thread costs in the background.
+        calls = max(500, args.rounds // 3)
+        small = base_calls["chat, small prompt"]
+        started = time.process_time()
+        for _ in range(calls):
+            small()
+        base_cpu = time.process_time() - started
+        small = metered_calls["chat, small prompt"]
+        started = time.process_time()
+        for _ in range(calls):
+            small()
+        delivered = metering.flush(60.0) and delivered
+        metered_cpu = time.process_time() - started
+        print(
+            f"\nprocess CPU per small chat call: {base_cpu / calls * 1e6:.1f} us without, "
+            f"{metered_cpu / calls * 1e6:.1f} us with metering, records delivered "
+            f"({(metered_cpu - base_cpu) / calls * 1e6:.1f} us per record, caller and delivery)"
+        )
         stats = metering.stats()
         api.stdin.write("count\n")
         api.stdin.flush()
