@@ -175,8 +175,17 @@ def _content_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
 
 
 def _observe(request: Any, sink: Sink) -> CallObservation | None:
-    """Starts an observation for a metered request (None for any other), and takes the
-    metadata header off the request so that Ollama never sees it."""
+    """Starts an observation for a metered request (None for any other, or if anything
+    goes wrong), and takes the metadata header off the request so that Ollama never sees
+    it."""
+    try:
+        return _start_observation(request, sink)
+    except Exception:
+        internal_failure("request")
+        return None
+
+
+def _start_observation(request: Any, sink: Sink) -> CallObservation | None:
     headers = request.headers
     header_metadata: str | None = None
     if _has_header(headers, _METADATA_HEADER_KEY):
@@ -190,6 +199,16 @@ def _observe(request: Any, sink: Sink) -> CallObservation | None:
     except Exception:  # a streaming request body: nothing to read without consuming it
         body = None
     return CallObservation(route, body, current_layers(), header_metadata, request.url, sink)
+
+
+def _tee(observation: CallObservation, response: Any, tee_type: type[_SyncTee | _AsyncTee]) -> None:
+    """Puts the tee around the response's body; on any failure, leaves the response be."""
+    try:
+        feed = _response_started(observation, response)
+        if feed is not None:
+            response.stream = tee_type(response.stream, observation, feed)
+    except Exception:
+        internal_failure("response")
 
 
 def _response_started(observation: CallObservation, response: Any) -> Feed | None:
@@ -255,11 +274,7 @@ class ReveniumTransport(httpx.BaseTransport):
 
     def handle_request(self, request: Any) -> Any:
         family = _family_of(request)
-        try:
-            observation = _observe(request, self._sink)
-        except Exception:
-            internal_failure("request")
-            observation = None
+        observation = _observe(request, self._sink)
         inner = self._inners.for_family(family)
         if observation is None:
             return inner.handle_request(request)
@@ -268,12 +283,7 @@ class ReveniumTransport(httpx.BaseTransport):
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
-        try:
-            feed = _response_started(observation, response)
-            if feed is not None:
-                response.stream = family.sync_tee(response.stream, observation, feed)
-        except Exception:
-            internal_failure("response")
+        _tee(observation, response, family.sync_tee)
         return response
 
     def close(self) -> None:
@@ -292,11 +302,7 @@ class AsyncReveniumTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: Any) -> Any:
         family = _family_of(request)
-        try:
-            observation = _observe(request, self._sink)
-        except Exception:
-            internal_failure("request")
-            observation = None
+        observation = _observe(request, self._sink)
         inner = self._inners.for_family(family)
         if observation is None:
             return await inner.handle_async_request(request)
@@ -305,12 +311,7 @@ class AsyncReveniumTransport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
-        try:
-            feed = _response_started(observation, response)
-            if feed is not None:
-                response.stream = family.async_tee(response.stream, observation, feed)
-        except Exception:
-            internal_failure("response")
+        _tee(observation, response, family.async_tee)
         return response
 
     async def aclose(self) -> None:
