@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
+from typing import Any
 
 import httpx
 import ollama
@@ -95,16 +96,27 @@ SMALL = [{"role": "user", "content": "Why is the sky blue?"}]
 LARGE = [{"role": "user", "content": "Summarise this: " + "lorem ipsum dolor sit amet " * 75}]
 
 
-def scenarios(client: ollama.Client) -> dict[str, Callable[[], object]]:
+class Methods:
+    """The client methods a scenario calls: ollama's own, or the installed wrappers."""
+
+    def __init__(self) -> None:
+        cls = ollama.Client
+        self.chat: Callable[..., Any] = cls.chat
+        self.embed: Callable[..., Any] = cls.embed
+
+
+def scenarios(client: ollama.Client, methods: Methods) -> dict[str, Callable[[], object]]:
+    chat, embed = methods.chat, methods.embed
+
     def stream() -> None:
-        for _ in client.chat(model="qwen2.5:0.5b", messages=SMALL, stream=True):
+        for _ in chat(client, model="qwen2.5:0.5b", messages=SMALL, stream=True):
             pass
 
     return {
-        "chat, small prompt": lambda: client.chat(model="qwen2.5:0.5b", messages=SMALL),
-        "chat, 2 KB prompt": lambda: client.chat(model="qwen2.5:0.5b", messages=LARGE),
+        "chat, small prompt": lambda: chat(client, model="qwen2.5:0.5b", messages=SMALL),
+        "chat, 2 KB prompt": lambda: chat(client, model="qwen2.5:0.5b", messages=LARGE),
         f"chat streamed, {STREAM_CHUNKS} chunks": stream,
-        "embed, 384 dims": lambda: client.embed(model="all-minilm", input="hello"),
+        "embed, 384 dims": lambda: embed(client, model="all-minilm", input="hello"),
     }
 
 
@@ -135,19 +147,34 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4000, help="calls per scenario and client")
     args = parser.parse_args()
 
+    # Three clients over the same mock: ollama as it is; an explicit ReveniumTransport; and
+    # metering installed by the import (transport wrapped in place, and the wrapper that
+    # takes usage_metadata= and tags responses with their transaction id).
     mock = httpx.MockTransport(ollama_mock)
+    metering.uninstall()
+    plain_methods = Methods()
     baseline = ollama.Client(host="http://ollama.bench", transport=mock)
-    metered = ollama.Client(host="http://ollama.bench", transport=ReveniumTransport(mock))
+    transport = ollama.Client(host="http://ollama.bench", transport=ReveniumTransport(mock))
+    metering.install()
+    installed = ollama.Client(host="http://ollama.bench", transport=mock)
+    contenders = {
+        "baseline": scenarios(baseline, plain_methods),
+        "transport": scenarios(transport, plain_methods),
+        "installed": scenarios(installed, Methods()),
+    }
 
     print(
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
         f"ollama {version('ollama')}, httpx {version('httpx')}, "
         f"revenium-ollama-transport {metering.__version__}"
     )
-    print(f"{args.rounds} calls per scenario and client, alternating; times in microseconds\n")
+    print(
+        f"medians of {args.rounds} calls per scenario and client ({args.rounds // 6} streamed), "
+        "the clients taking turns; microseconds; (+added, ratio to baseline)\n"
+    )
     header = (
-        f"{'scenario':<26} {'baseline':>9} {'metered':>9} {'added':>7} {'ratio':>6}"
-        f" {'base p95':>9} {'met. p95':>9}  note"
+        f"{'scenario':<26} {'baseline':>9} {'p95':>7} | {'transport':>9} {'added':>7}"
+        f" {'ratio':>6} {'p95':>7} | {'installed':>9} {'added':>7} {'ratio':>6} {'p95':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -163,55 +190,54 @@ def main() -> int:
         metering.configure(
             api_key="hak_bench", base_url=api.stdout.readline().strip(), queue_size=1_000_000
         )
-        base_calls = scenarios(baseline)
-        metered_calls = scenarios(metered)
-        for name, base_call in base_calls.items():
-            metered_call = metered_calls[name]
+        per_chunk: list[str] = []
+        for name in contenders["baseline"]:
+            calls = [(who, runs[name]) for who, runs in contenders.items()]
             rounds = args.rounds if "streamed" not in name else max(50, args.rounds // 6)
             for _ in range(min(200, rounds)):  # warm-up
-                base_call()
-                metered_call()
+                for _, call in calls:
+                    call()
             gc.collect()
-            base: list[float] = []
-            with_us: list[float] = []
+            times: dict[str, list[float]] = {who: [] for who, _ in calls}
             for _ in range(rounds):
-                base.append(timed(base_call))
-                with_us.append(timed(metered_call))
-            b, m = statistics.median(base), statistics.median(with_us)
-            note = ""
-            if "streamed" in name:
-                note = f"{(m - b) / STREAM_CHUNKS:.3f} us added per chunk"
-            print(
-                f"{name:<26} {b:9.1f} {m:9.1f} {m - b:7.2f} {m / b:6.3f}"
-                f" {p95(base):9.1f} {p95(with_us):9.1f}  {note}"
-            )
+                for who, call in calls:
+                    times[who].append(timed(call))
+            base = statistics.median(times["baseline"])
+            line = f"{name:<26} {base:9.1f} {p95(times['baseline']):7.1f}"
+            for who in ("transport", "installed"):
+                median = statistics.median(times[who])
+                line += (
+                    f" | {median:9.1f} {median - base:+7.2f} {median / base:6.3f}"
+                    f" {p95(times[who]):7.1f}"
+                )
+                if "streamed" in name:
+                    per_chunk.append(f"{who} {(median - base) / STREAM_CHUNKS:.3f} us")
+            print(line)
+        print(f"\nadded per streamed chunk (call overhead included): {', '.join(per_chunk)}")
         delivered = metering.flush(60.0)
         # Whole-process CPU (all threads, kernel included) for the same calls with and
         # without metering, the metered ones until their records are delivered: what the
         # delivery thread costs in the background.
-        calls = max(500, args.rounds // 3)
-        small = base_calls["chat, small prompt"]
-        started = time.process_time()
-        for _ in range(calls):
-            small()
-        base_cpu = time.process_time() - started
-        small = metered_calls["chat, small prompt"]
-        started = time.process_time()
-        for _ in range(calls):
-            small()
-        delivered = metering.flush(60.0) and delivered
-        metered_cpu = time.process_time() - started
+        count = max(500, args.rounds // 3)
+        cpu: dict[str, float] = {}
+        for who in ("baseline", "transport"):
+            call = contenders[who]["chat, small prompt"]
+            started = time.process_time()
+            for _ in range(count):
+                call()
+            delivered = metering.flush(60.0) and delivered
+            cpu[who] = (time.process_time() - started) / count * 1e6
         print(
-            f"\nprocess CPU per small chat call: {base_cpu / calls * 1e6:.1f} us without, "
-            f"{metered_cpu / calls * 1e6:.1f} us with metering, records delivered "
-            f"({(metered_cpu - base_cpu) / calls * 1e6:.1f} us per record, caller and delivery)"
+            f"process CPU per small chat call: {cpu['baseline']:.1f} us without, "
+            f"{cpu['transport']:.1f} us with metering, records delivered "
+            f"({cpu['transport'] - cpu['baseline']:.1f} us per record, caller and delivery)"
         )
         stats = metering.stats()
         api.stdin.write("count\n")
         api.stdin.flush()
         stored = api.stdout.readline().strip()
         print(
-            f"\nrecords delivered to the fake metering API during the run: "
+            f"records delivered to the fake metering API during the run: "
             f"{stats.get('delivered', 0)} of {stats.get('recorded', 0)} "
             f"({'all' if delivered else 'NOT all'} flushed); stored there: {stored}"
         )

@@ -1,17 +1,20 @@
 """Meter every Ollama call at the HTTP transport and report it to Revenium.
 
-``ReveniumTransport`` / ``AsyncReveniumTransport`` go into the HTTP client of the
-``ollama`` client (or any httpx client pointed at Ollama); ``usage_metadata`` attributes
-calls to customers, products and agents.
+Importing the package meters ``ollama`` as it is (``install``; set
+``REVENIUM_METERING_ENABLED=false`` to switch that off). ``ReveniumTransport`` /
+``AsyncReveniumTransport`` go into any httpx client pointed at Ollama; ``usage_metadata``
+attributes calls to customers, products and agents.
 """
 
 from __future__ import annotations
 
+import logging as _logging
 from typing import Any
 
 from . import _config, _log
 from ._delivery import dispatcher as _dispatcher
-from ._metadata import usage_metadata
+from ._install import install, instrument, uninstall
+from ._metadata import MetadataError, usage_metadata
 from ._sink import set_default_sink as _set_default_sink
 from ._stats import counters as _counters
 from ._transport import AsyncReveniumTransport, ReveniumTransport
@@ -19,17 +22,25 @@ from ._version import __version__
 
 __all__ = [
     "AsyncReveniumTransport",
+    "MetadataError",
     "ReveniumTransport",
     "__version__",
     "configure",
     "flush",
+    "install",
+    "instrument",
     "shutdown",
     "stats",
+    "uninstall",
     "usage_metadata",
 ]
 
 _log.configure_from_environment()
 _set_default_sink(_dispatcher.submit)
+try:
+    install()
+except ImportError:  # no usable ollama: the transports still work on their own
+    _logging.getLogger(__name__).debug("ollama not importable; nothing installed", exc_info=True)
 
 
 def configure(**settings: Any) -> None:

@@ -344,9 +344,11 @@ class Dispatcher:
 
     def _record(self, observation: CallObservation) -> MeteringRecord | None:
         try:
-            layers = observation.layers
+            layers = (_metadata.environment_layer(), *observation.layers)
             if observation.header_metadata is not None:
-                layers = (*layers, _header_layer(observation.header_metadata))
+                layers = (*layers, _metadata.header_layer(observation.header_metadata))
+            if observation.call_metadata is not None:
+                layers = (*layers, observation.call_metadata)
             record = build_record(observation, _metadata.resolve(layers))
         except Exception:
             internal_failure("record")
@@ -481,18 +483,6 @@ class _Senders:
         for sender in [*self._retired, *([self._sender] if self._sender else [])]:
             with contextlib.suppress(Exception):
                 await sender.aclose()
-
-
-def _header_layer(raw: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        logger.warning("X-Revenium-Metadata header is not valid JSON; ignored")
-        return {}
-    if not isinstance(parsed, dict):
-        logger.warning("X-Revenium-Metadata header must be a JSON object; ignored")
-        return {}
-    return parsed
 
 
 def _redacted(wire: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ later, in the delivery thread.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from ._routes import Route
@@ -29,6 +31,33 @@ Feed = Callable[[bytes], object]
 KEEP_LIMIT = 512
 
 
+# A v4 UUID: 122 random bits with the version (4) and variant (10) bits set.
+_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID_SET = (0x4 << 76) | (0x2 << 62)
+
+
+def format_uuid(value: int) -> str:
+    text = value.to_bytes(16, "big").hex()  # the fastest of the ways measured
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+# A call's own metadata (``usage_metadata=``), set by the call wrappers around one call.
+call_metadata: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "revenium_call_metadata", default=None
+)
+
+
+class _LastSyncCall(threading.local):
+    observation: CallObservation | None = None
+
+
+# The observation a transport made last, so that a call wrapper can tell the caller its
+# transaction id: per thread for the sync transport (a thread-local costs a fraction of a
+# context variable), per asyncio task for the async one.
+last_sync_call = _LastSyncCall()
+last_async_call: ContextVar[CallObservation | None] = ContextVar("revenium_last_call", default=None)
+
+
 def ignore_bytes(data: bytes) -> bool:
     """A feeder for a call whose bytes are not parsed."""
     return False
@@ -39,6 +68,7 @@ class CallObservation:
 
     __slots__ = (
         "body",
+        "call_metadata",
         "content_encoding",
         "content_type",
         "decode",
@@ -56,6 +86,7 @@ class CallObservation:
         "sink",
         "status",
         "transaction",
+        "transaction_text",
         "url",
         "wall_start",
     )
@@ -75,9 +106,11 @@ class CallObservation:
         self.header_metadata = header_metadata
         self.url = url  # the request's URL object, read only off the caller's path
         self.sink = sink
-        # 128 random bits now (a quarter of os.urandom's cost; the generator is seeded
-        # from the OS and reseeded in forked children), formatted as a UUID when asked.
-        self.transaction = random.getrandbits(128)
+        self.call_metadata: Mapping[str, Any] | None = None  # a call's usage_metadata=
+        # Random bits now (a quarter of os.urandom's cost; the generator is seeded from
+        # the OS and reseeded in forked children), formatted as a UUID when asked.
+        self.transaction = random.getrandbits(128) & _UUID_CLEAR | _UUID_SET
+        self.transaction_text: str | None = None
         self.wall_start = time.time()
         self.mono_start = time.perf_counter()
         self.status: int | None = None
@@ -121,6 +154,13 @@ class CallObservation:
         if decode is None:
             return parser.feed
         return lambda data: parser.feed(decode(data))
+
+    def transaction_id(self) -> str:
+        """The call's transaction id as a UUID string, formatted once."""
+        text = self.transaction_text
+        if text is None:
+            text = self.transaction_text = format_uuid(self.transaction)
+        return text
 
     def first_token(self) -> Feed:
         """Stamps the first token; returns the feed for the rest of the stream."""

@@ -6,7 +6,6 @@ caller's path. Field names and meanings follow the Revenium metering API.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,10 +30,6 @@ class MeteringRecord:
     @property
     def transaction_id(self) -> str:
         return str(self.wire["transactionId"])
-
-
-def transaction_id(observation: CallObservation) -> str:
-    return str(uuid.UUID(int=observation.transaction, version=4))
 
 
 def iso_utc(epoch_seconds: float) -> str:
@@ -109,7 +104,7 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
         streamed = not route.embeddings and request.get("stream", True) is not False
 
     wire: dict[str, Any] = {
-        "transactionId": transaction_id(observation),
+        "transactionId": observation.transaction_id(),
         "model": "",
         "provider": "OLLAMA",
         "modelSource": "OLLAMA",

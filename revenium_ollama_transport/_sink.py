@@ -6,8 +6,18 @@ the sink up, so they never import the delivery layer.
 
 from __future__ import annotations
 
+import os
+
 from ._observation import CallObservation, Sink
 from ._stats import counters
+
+# The kill switch, read once at import: REVENIUM_METERING_ENABLED=false meters nothing.
+metering_enabled = os.environ.get("REVENIUM_METERING_ENABLED", "").strip().lower() not in (
+    "false",
+    "0",
+    "no",
+    "off",
+)
 
 
 def _no_sink(observation: CallObservation) -> None:

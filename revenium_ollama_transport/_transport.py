@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 
-from ._metadata import current_layers
+from . import _sink
+from ._metadata import MetadataError, check, current_layers, header_layer, strict
 from ._observation import (
     ENDED_CLOSED,
     ENDED_EOF,
@@ -21,7 +22,10 @@ from ._observation import (
     CallObservation,
     Feed,
     Sink,
+    call_metadata,
     ignore_bytes,
+    last_async_call,
+    last_sync_call,
 )
 from ._routes import route_for
 from ._sink import submit_default
@@ -180,6 +184,8 @@ def _observe(request: Any, sink: Sink) -> CallObservation | None:
     it."""
     try:
         return _start_observation(request, sink)
+    except MetadataError:
+        raise  # strict mode asked for it
     except Exception:
         internal_failure("request")
         return None
@@ -191,14 +197,18 @@ def _start_observation(request: Any, sink: Sink) -> CallObservation | None:
     if _has_header(headers, _METADATA_HEADER_KEY):
         header_metadata = headers[METADATA_HEADER]
         del headers[METADATA_HEADER]
+        if strict():
+            check(header_layer(header_metadata))
     route = route_for(request.method, request.url.raw_path)
-    if route is None:
+    if route is None or not _sink.metering_enabled:
         return None
     try:
         body: bytes | None = request.content
     except Exception:  # a streaming request body: nothing to read without consuming it
         body = None
-    return CallObservation(route, body, current_layers(), header_metadata, request.url, sink)
+    observation = CallObservation(route, body, current_layers(), header_metadata, request.url, sink)
+    observation.call_metadata = call_metadata.get()
+    return observation
 
 
 def _tee(observation: CallObservation, response: Any, tee_type: type[_SyncTee | _AsyncTee]) -> None:
@@ -278,6 +288,7 @@ class ReveniumTransport(httpx.BaseTransport):
         inner = self._inners.for_family(family)
         if observation is None:
             return inner.handle_request(request)
+        last_sync_call.observation = observation
         try:
             response = inner.handle_request(request)
         except BaseException as exc:
@@ -306,6 +317,7 @@ class AsyncReveniumTransport(httpx.AsyncBaseTransport):
         inner = self._inners.for_family(family)
         if observation is None:
             return await inner.handle_async_request(request)
+        last_async_call.set(observation)
         try:
             response = await inner.handle_async_request(request)
         except BaseException as exc:

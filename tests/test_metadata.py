@@ -187,3 +187,100 @@ def test_not_a_mapping_is_warned_and_ignored(caplog: pytest.LogCaptureFixture) -
         with usage_metadata(["trace_id"]):  # type: ignore[arg-type]
             assert resolve(current_layers()) == {}
     assert "must be a mapping" in caplog.records[0].getMessage()
+
+
+ENV_FALLBACKS = [
+    ("REVENIUM_ENVIRONMENT", "environment", "production"),
+    ("ENVIRONMENT", "environment", "staging"),
+    ("DEPLOYMENT_ENV", "environment", "dev"),
+    ("REVENIUM_REGION", "region", "us-east-1"),
+    ("AWS_REGION", "region", "eu-west-1"),
+    ("AWS_DEFAULT_REGION", "region", "eu-west-2"),
+    ("AZURE_REGION", "region", "eastus"),
+    ("GCP_REGION", "region", "europe-west4"),
+    ("GOOGLE_CLOUD_REGION", "region", "asia-east1"),
+    ("REVENIUM_CREDENTIAL_ALIAS", "credentialAlias", "prod-ollama-key"),
+    ("REVENIUM_TRACE_TYPE", "traceType", "customer-support"),
+    ("REVENIUM_TRACE_NAME", "traceName", "Support Chat"),
+    ("REVENIUM_PARENT_TRANSACTION_ID", "parentTransactionId", "parent-9"),
+    ("REVENIUM_TRANSACTION_NAME", "transactionName", "Generate Response"),
+    ("REVENIUM_RETRY_NUMBER", "retryNumber", 3),
+]
+ALL_ENV_NAMES = [name for name, _, _ in ENV_FALLBACKS]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ALL_ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(("variable", "wire", "value"), ENV_FALLBACKS)
+def test_environment_fallbacks(
+    clean_env: pytest.MonkeyPatch, variable: str, wire: str, value: object
+) -> None:
+    clean_env.setenv(variable, str(value))
+    assert resolve([_metadata.environment_layer()]) == {wire: value}
+
+
+def test_first_variable_set_wins_and_calls_win_over_the_environment(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("AWS_REGION", "eu-west-1")
+    clean_env.setenv("REVENIUM_REGION", "us-east-1")
+    clean_env.setenv("DEPLOYMENT_ENV", "dev")
+    clean_env.setenv("ENVIRONMENT", "  ")  # blank counts as unset
+    fields = resolve([_metadata.environment_layer(), {"environment": "from-call"}])
+    assert fields == {"region": "us-east-1", "environment": "from-call"}
+
+
+def test_bad_environment_value_is_warned_and_dropped(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env.setenv("REVENIUM_RETRY_NUMBER", "two")
+    clean_env.setenv("REVENIUM_TRACE_TYPE", "has spaces")
+    with caplog.at_level(logging.WARNING, logger="revenium_ollama_transport"):
+        assert resolve([_metadata.environment_layer()]) == {}
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "'retry_number'" in messages
+    assert "'trace_type'" in messages
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ({"trace_id": 123}, "trace_id"),
+        ({"response_quality_score": 1.5}, "response_quality_score"),
+        ({"retry_number": -1}, "retry_number"),
+        ({"trace_type": "has space"}, "trace_type"),
+        ({"subscriber": {"id": 5}}, "subscriber.id"),
+        ({"colour": "blue"}, "colour"),
+        ({"trace_id": "x" * 300}, "trace_id"),
+    ],
+)
+def test_strict_mode_raises_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch, given: dict[str, Any], named: str
+) -> None:
+    monkeypatch.setenv("REVENIUM_STRICT_METADATA", "true")
+    with pytest.raises(_metadata.MetadataError, match=repr(named)):
+        _metadata.check(given)
+    with pytest.raises(ValueError, match=repr(named)):
+        usage_metadata(given)
+    monkeypatch.setenv("REVENIUM_STRICT_METADATA", "false")
+    _metadata.check(given)  # warnings only, outside strict mode
+
+
+def test_strict_mode_refuses_a_non_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REVENIUM_STRICT_METADATA", "yes")
+    with pytest.raises(_metadata.MetadataError, match="mapping"):
+        _metadata.as_layer(["trace_id"])
+    assert _metadata.as_layer({"a": 1}) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "layer"),
+    [('{"trace_id": "t"}', {"trace_id": "t"}), ("[1]", {}), ("not json", {}), ("", {})],
+)
+def test_header_layer(raw: str, layer: dict[str, Any]) -> None:
+    assert _metadata.header_layer(raw) == layer

@@ -195,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 resets bursts of concurrent clients
 
     def __init__(self, owner: _LoopbackServer) -> None:
         self.owner = owner
