@@ -30,7 +30,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from . import _config, _metadata
+from . import _config, _ids, _metadata
 from ._http import Reply, Sender, SendError, sender_for
 from ._log import secret_filter
 from ._observation import CallObservation
@@ -307,6 +307,7 @@ class Dispatcher:
             while True:
                 self._refresh_settings()
                 while queue:
+                    _ids.replenish(below=_ids.RESERVE // 2)  # a busy stretch: keep ids ready
                     # Counted before it leaves the queue, so that flush() in another thread
                     # never sees it in neither place.
                     self._in_flight += 1
@@ -324,6 +325,7 @@ class Dispatcher:
                     task = asyncio.create_task(self._deliver(senders, record))
                     tasks.add(task)
                     task.add_done_callback(done)
+                _ids.replenish()  # between batches: the calls to come find their ids ready
                 if self._stopping and not tasks:
                     return
                 self._wake.clear()

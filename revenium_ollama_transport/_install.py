@@ -73,7 +73,7 @@ def instrument(client: Any) -> Any:
 
 def _transaction_id(before: CallObservation | None, after: CallObservation | None) -> str | None:
     """The id of the call made between two looks at the last observation, if it made one."""
-    return None if after is None or after is before else after.transaction_id()
+    return None if after is None or after is before else after.transaction_id
 
 
 def _tag(response: Any, transaction_id: str | None) -> None:
@@ -111,11 +111,12 @@ def _tagged_stream(
         if transaction_id is None:
             yield from parts
             return
-        tag = object.__setattr__
         for part in parts:
             try:  # noqa: SIM105 - per chunk: suppress() would cost a context manager
-                tag(part, TRANSACTION_ATTRIBUTE, transaction_id)
-            except (AttributeError, TypeError):
+                # Straight into the instance dict: the cheapest store, and pydantic leaves
+                # it out of dumps. A part without one (not a model) goes untagged.
+                part.__dict__[TRANSACTION_ATTRIBUTE] = transaction_id
+            except AttributeError:
                 pass
             yield part
     finally:
@@ -153,7 +154,9 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
     def metered(
         self: Any, *args: Any, usage_metadata: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> Any:
-        before = last_sync_call.observation
+        # Runs on every call: the helpers are inlined on the common path.
+        last = last_sync_call
+        before = last.observation
         layer = None if usage_metadata is None else _layer(usage_metadata)
         if kwargs.get("stream"):
             return _tagged_stream(original(self, *args, **kwargs), before, layer)
@@ -165,7 +168,12 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
                 result = original(self, *args, **kwargs)
             finally:
                 call_metadata.reset(token)
-        _tag(result, _transaction_id(before, last_sync_call.observation))
+        after = last.observation
+        if after is not None and after is not before:
+            try:  # noqa: SIM105 - on every call: suppress() would cost a context manager
+                object.__setattr__(result, TRANSACTION_ATTRIBUTE, after.transaction_id)
+            except (AttributeError, TypeError):
+                pass
         return result
 
     return metered

@@ -8,13 +8,13 @@ later, in the delivery thread.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
+from ._ids import format_id, take
 from ._routes import Route
 from ._wire._encoding import Decode, decoder_for
 from ._wire._native import NativeParser
@@ -29,16 +29,6 @@ Sink = Callable[["CallObservation"], None]
 Feed = Callable[[bytes], object]
 # Reads of a stream kept (after its first token) before they are parsed on the caller's path.
 KEEP_LIMIT = 512
-
-
-# A v4 UUID: 122 random bits with the version (4) and variant (10) bits set.
-_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_UUID_SET = (0x4 << 76) | (0x2 << 62)
-
-
-def format_uuid(value: int) -> str:
-    text = value.to_bytes(16, "big").hex()  # the fastest of the ways measured
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 # A call's own metadata (``usage_metadata=``), set by the call wrappers around one call.
@@ -86,7 +76,6 @@ class CallObservation:
         "sink",
         "status",
         "transaction",
-        "transaction_text",
         "url",
         "wall_start",
     )
@@ -107,10 +96,7 @@ class CallObservation:
         self.url = url  # the request's URL object, read only off the caller's path
         self.sink = sink
         self.call_metadata: Mapping[str, Any] | None = None  # a call's usage_metadata=
-        # Random bits now (a quarter of os.urandom's cost; the generator is seeded from
-        # the OS and reseeded in forked children), formatted as a UUID when asked.
-        self.transaction = random.getrandbits(128) & _UUID_CLEAR | _UUID_SET
-        self.transaction_text: str | None = None
+        self.transaction: str | int = take()  # see transaction_id
         self.wall_start = time.time()
         self.mono_start = time.perf_counter()
         self.status: int | None = None
@@ -155,12 +141,13 @@ class CallObservation:
             return parser.feed
         return lambda data: parser.feed(decode(data))
 
+    @property
     def transaction_id(self) -> str:
-        """The call's transaction id as a UUID string, formatted once."""
-        text = self.transaction_text
-        if text is None:
-            text = self.transaction_text = format_uuid(self.transaction)
-        return text
+        """The call's transaction id, a UUID string (formatted on first use if need be)."""
+        transaction = self.transaction
+        if isinstance(transaction, int):
+            transaction = self.transaction = format_id(transaction)
+        return transaction
 
     def first_token(self) -> Feed:
         """Stamps the first token; returns the feed for the rest of the stream."""

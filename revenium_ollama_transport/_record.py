@@ -104,7 +104,7 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
         streamed = not route.embeddings and request.get("stream", True) is not False
 
     wire: dict[str, Any] = {
-        "transactionId": observation.transaction_id(),
+        "transactionId": observation.transaction_id,
         "model": "",
         "provider": "OLLAMA",
         "modelSource": "OLLAMA",
