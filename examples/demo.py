@@ -1,27 +1,45 @@
 """`make demo`: a metered Ollama call end to end, on any machine.
 
 Uses the Ollama at OLLAMA_HOST if one answers, else the package's simulator; sends records
-to Revenium if REVENIUM_METERING_API_KEY is set, else to a fake metering API started here;
-then prints the records that were delivered.
+to Revenium if REVENIUM_METERING_API_KEY is set, else to a fake metering API started here.
+Runs examples/getting_started.py in a fresh interpreter pointed at them, then prints the
+records that were delivered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import runpy
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 
-import revenium_ollama_transport as metering
-from revenium_ollama_transport._delivery import dispatcher
-from revenium_ollama_transport._record import MeteringRecord
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, SimulatedReply
 
 HERE = Path(__file__).parent
+REPORT = "--- revenium demo report ---"
+
+# Runs the example, then reports what its process delivered (for a real Revenium account,
+# whose stored records this demo cannot read back).
+CHILD = f"""
+import runpy, sys, orjson
+import revenium_ollama_transport as metering
+from revenium_ollama_transport._delivery import dispatcher
+sent = []
+dispatcher.add_listener(lambda record: sent.append(record.wire))
+try:
+    runpy.run_path(sys.argv[1], run_name="__main__")
+except SystemExit as exit_:
+    if exit_.code:
+        raise
+metering.flush(10.0)
+print({REPORT!r})
+print(orjson.dumps({{"records": sent, "stats": metering.stats()}}).decode())
+"""
 
 
 def ollama_answers(host: str) -> bool:
@@ -33,7 +51,8 @@ def ollama_answers(host: str) -> bool:
 
 
 def main() -> int:
-    host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
+    env = dict(os.environ)
+    host = env.get("OLLAMA_HOST", "http://127.0.0.1:11434")
     with contextlib.ExitStack() as stack:
         if ollama_answers(host):
             print(f"Ollama: the real one at {host}")
@@ -42,34 +61,38 @@ def main() -> int:
             simulator.reply = SimulatedReply(
                 tokens=["I", " am", " ready", " to", " help", "."], prompt_eval_count=18
             )
-            os.environ["OLLAMA_HOST"] = simulator.url
+            env["OLLAMA_HOST"] = simulator.url
             print(
                 f"Ollama: none answered at {host}; using the bundled simulator at {simulator.url}"
             )
 
         fake_api: FakeMeteringAPI | None = None
-        if os.environ.get("REVENIUM_METERING_API_KEY"):
+        if env.get("REVENIUM_METERING_API_KEY"):
             print("Metering: Revenium, with REVENIUM_METERING_API_KEY from the environment")
         else:
             fake_api = stack.enter_context(FakeMeteringAPI())
-            metering.configure(api_key="hak_demo", base_url=fake_api.url)
+            env["REVENIUM_METERING_API_KEY"] = "hak_demo"
+            env["REVENIUM_METERING_BASE_URL"] = fake_api.url
             print(f"Metering: no REVENIUM_METERING_API_KEY; using a fake API at {fake_api.url}")
 
-        sent: list[MeteringRecord] = []
-        dispatcher.add_listener(sent.append)
-        print("\n--- examples/getting_started.py ---")
-        try:
-            runpy.run_path(str(HERE / "getting_started.py"), run_name="__main__")
-        except SystemExit as exit_:
-            if exit_.code:
-                return int(exit_.code)
-        metering.flush(10.0)
-
-        records = fake_api.records if fake_api is not None else [r.wire for r in sent]
+        print("\n--- examples/getting_started.py ---", flush=True)
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, str(HERE / "getting_started.py")],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        output, _, report_text = child.stdout.partition(REPORT + "\n")
+        print(output, end="")
+        if child.returncode or not report_text:
+            return child.returncode or 1
+        report: dict[str, Any] = orjson.loads(report_text)
+        records = fake_api.records if fake_api is not None else report["records"]
         print(f"\n--- {len(records)} metering record(s) delivered ---")
         for record in records:
             print(orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
-        stats = metering.stats()
+        stats = report["stats"]
         print(f"\nstats: {stats}")
         return 0 if stats.get("delivered", 0) >= 1 else 1
 

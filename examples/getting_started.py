@@ -1,6 +1,7 @@
 """Getting started: one chat call to Ollama, metered and reported to Revenium.
 
-Needs Ollama (`ollama serve`, then `ollama pull qwen2.5:0.5b`) at OLLAMA_HOST, and
+Importing revenium_ollama_transport is the only change to plain ollama code. Needs Ollama
+(`ollama serve`, then `ollama pull qwen2.5:0.5b`) at OLLAMA_HOST, and
 REVENIUM_METERING_API_KEY in the environment or a .env file. `make demo` runs this file
 against the package's Ollama simulator and a local fake metering API when either is
 missing.
@@ -20,15 +21,14 @@ else:
 
 import ollama
 
-from revenium_ollama_transport import ReveniumTransport, flush
+import revenium_ollama_transport
 
 MODEL = os.environ.get("OLLAMA_MODEL", "qwen2.5:0.5b")
 
 
 def main() -> int:
-    client = ollama.Client(transport=ReveniumTransport())
     try:
-        response = client.chat(
+        response = ollama.chat(
             model=MODEL,
             messages=[{"role": "user", "content": "Please verify you are ready to assist me."}],
         )
@@ -47,9 +47,10 @@ def main() -> int:
         )
         return 1
     print(response.message.content)
+    print(f"transaction id: {response._revenium_transaction_id}")  # type: ignore[attr-defined]
     # Records are delivered in the background; flush before a short script exits
     # (interpreter exit flushes too, within REVENIUM_SHUTDOWN_TIMEOUT).
-    flush()
+    revenium_ollama_transport.flush()
     return 0
 
 
