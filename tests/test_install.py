@@ -25,23 +25,11 @@ from revenium_ollama_transport._install import _instrumented
 from revenium_ollama_transport._transport import AsyncReveniumTransport, ReveniumTransport
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, SimulatedReply
 
+from ._upstream import UPSTREAM_METADATA
 from .conftest import API_KEY
 
 MODEL = "qwen2.5:0.5b"
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
-UPSTREAM_METADATA = {
-    "trace_id": "conv-28a7e9d4",
-    "task_type": "summarize-customer-issue",
-    "subscriber": {
-        "id": "subscriberid-1234567890",
-        "email": "user@example.com",
-        "credential": {"name": "engineering-api-key", "value": "sk-1234567890abcdef"},
-    },
-    "organization_id": "acme-corp",
-    "subscription_id": "startup-plan-Q1",
-    "product_id": "saas-app-gold-tier",
-    "agent": "support-agent",
-}
 UPSTREAM_WIRE = {
     "traceId": "conv-28a7e9d4",
     "taskType": "summarize-customer-issue",

@@ -12,18 +12,10 @@ import pytest
 from revenium_ollama_transport import _metadata, usage_metadata
 from revenium_ollama_transport._metadata import current_layers, resolve
 
+from ._upstream import UPSTREAM_METADATA
+
 UPSTREAM_EXAMPLE = {
-    "trace_id": "conv-28a7e9d4",
-    "task_type": "summarize-customer-issue",
-    "subscriber": {
-        "id": "subscriberid-1234567890",
-        "email": "user@example.com",
-        "credential": {"name": "engineering-api-key", "value": "sk-1234567890abcdef"},
-    },
-    "organization_id": "acme-corp",
-    "subscription_id": "startup-plan-Q1",
-    "product_id": "saas-app-gold-tier",
-    "agent": "support-agent",
+    **UPSTREAM_METADATA,
     "response_quality_score": 0.9,
     "environment": "production",
     "region": "us-east-1",
