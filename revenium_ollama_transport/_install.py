@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from . import _sink
+from ._import_hook import AfterImport
+from ._install_openai import install_openai
 from ._metadata import as_layer, check
 from ._observation import (
     CallObservation,
@@ -219,9 +221,21 @@ def _patch(owner: Any, name: str, value: Any) -> None:
     setattr(owner, name, value)
 
 
+def _install_openai() -> None:
+    with _lock:
+        try:
+            install_openai(_patch, instrument)
+        except Exception:  # an openai too different from the ones we know: leave it be
+            internal_failure("install-openai")
+
+
+_openai_hook = AfterImport("openai", _install_openai)
+
+
 def install() -> bool:
-    """Meters ``ollama`` with no code change; runs on import. Idempotent. False when
-    there was nothing to do: already installed, or ``REVENIUM_METERING_ENABLED=false``."""
+    """Meters ``ollama`` (and the ``openai`` SDK, now or when it is imported) with no
+    code change; runs on import. Idempotent. False when there was nothing to do: already
+    installed, or ``REVENIUM_METERING_ENABLED=false``."""
     with _lock:
         if _patches or not _sink.metering_enabled:
             return False
@@ -240,12 +254,17 @@ def install() -> bool:
             for name in METERED_METHODS:
                 if hasattr(ollama, name):
                     _patch(ollama, name, getattr(default, name))
+        if "openai" in sys.modules:
+            _install_openai()
+        else:
+            _openai_hook.install()
         return True
 
 
 def uninstall() -> None:
     """Undoes ``install`` and every ``instrument``: each patched object is as it was."""
     with _lock:
+        _openai_hook.remove()
         while _patches:
             owner, name, original = _patches.pop()
             setattr(owner, name, original)

@@ -15,9 +15,10 @@ from contextvars import ContextVar
 from typing import Any
 
 from ._ids import format_id, take
-from ._routes import Route
+from ._routes import NATIVE, Route
 from ._wire._encoding import Decode, decoder_for
 from ._wire._native import NativeParser
+from ._wire._openai import OpenAIParser
 
 # How a call ended, from the transport's point of view.
 ENDED_EOF = "eof"  # the body was read to its end
@@ -27,6 +28,7 @@ ENDED_RAISED = "raised"  # the exchange raised (connection lost, timeout, cancel
 Sink = Callable[["CallObservation"], None]
 # Shown each read of the response body; a true result means a first token arrived.
 Feed = Callable[[bytes], object]
+StreamParser = NativeParser | OpenAIParser
 # Reads of a stream kept (after its first token) before they are parsed on the caller's path.
 KEEP_LIMIT = 512
 
@@ -72,11 +74,13 @@ class CallObservation:
         "mono_start",
         "parser",
         "request_body",
+        "retry_number",
         "route",
         "sink",
         "status",
         "transaction",
         "url",
+        "usage_injected",
         "wall_start",
     )
 
@@ -96,6 +100,8 @@ class CallObservation:
         self.url = url  # the request's URL object, read only off the caller's path
         self.sink = sink
         self.call_metadata: Mapping[str, Any] | None = None  # a call's usage_metadata=
+        self.retry_number: int | None = None  # the openai SDK's attempt number
+        self.usage_injected = False  # include_usage was asked for on the caller's behalf
         self.transaction: str | int = take()  # see transaction_id
         self.wall_start = time.time()
         self.mono_start = time.perf_counter()
@@ -105,7 +111,7 @@ class CallObservation:
         self.mono_headers: float | None = None
         self.mono_first_token: float | None = None
         self.mono_end: float | None = None
-        self.parser: NativeParser | None = None
+        self.parser: StreamParser | None = None
         self.body: list[bytes] | None = None
         self.decode: Decode | None = None
         self.ended: str | None = None
@@ -125,7 +131,7 @@ class CallObservation:
         self.content_type = content_type
         self.content_encoding = content_encoding
         body: list[bytes] = []
-        if status >= 400 or content_type is None or b"ndjson" not in content_type:
+        if status >= 400 or not self.streamed_response():
             self.body = body
             return body.append
         decode = None
@@ -133,7 +139,10 @@ class CallObservation:
             decode = decoder_for(content_encoding.decode("latin-1"))
             if decode is None:
                 return ignore_bytes  # an encoding we cannot read: recorded without usage
-        parser = NativeParser()
+        route = self.route
+        parser: StreamParser = (
+            NativeParser() if route.api == NATIVE else OpenAIParser(route.kind, stream=True)
+        )
         self.parser = parser
         self.body = body
         self.decode = decode
@@ -148,6 +157,13 @@ class CallObservation:
         if isinstance(transaction, int):
             transaction = self.transaction = format_id(transaction)
         return transaction
+
+    def streamed_response(self) -> bool:
+        """The response's content type is its API's stream type (NDJSON, or SSE for /v1)."""
+        content_type = self.content_type
+        if content_type is None:
+            return False
+        return (b"ndjson" if self.route.api == NATIVE else b"event-stream") in content_type
 
     def first_token(self) -> Feed:
         """Stamps the first token; returns the feed for the rest of the stream."""

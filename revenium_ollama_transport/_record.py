@@ -12,9 +12,12 @@ from typing import Any
 
 import orjson
 
-from ._observation import ENDED_CLOSED, ENDED_EOF, CallObservation
+from ._observation import ENDED_CLOSED, ENDED_EOF, CallObservation, StreamParser
+from ._routes import NATIVE
+from ._stats import counters
 from ._wire._encoding import decoder_for
 from ._wire._native import NativeParser
+from ._wire._openai import OpenAIParser
 
 _DONE_REASONS = {"stop": "END", "length": "TOKEN_LIMIT", "load": "END", "unload": "END"}
 _OLLAMA_TIMINGS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
@@ -63,7 +66,7 @@ def _is_timeout(exception: BaseException) -> bool:
     return any("Timeout" in cls.__name__ for cls in type(exception).__mro__)
 
 
-def _body_parser(observation: CallObservation) -> tuple[NativeParser | None, bool]:
+def _body_parser(observation: CallObservation) -> tuple[StreamParser | None, bool]:
     """The parser holding what the response said, and whether its encoding was unreadable."""
     encoding = observation.content_encoding
     undecodable = encoding is not None and decoder_for(encoding.decode("latin-1")) is None
@@ -75,7 +78,8 @@ def _body_parser(observation: CallObservation) -> tuple[NativeParser | None, boo
     elif observation.body is not None and not undecodable:
         data = b"".join(observation.body)
         decode = None if encoding is None else decoder_for(encoding.decode("latin-1"))
-        parser = NativeParser()
+        route = observation.route
+        parser = NativeParser() if route.api == NATIVE else OpenAIParser(route.kind, stream=False)
         parser.feed(data if decode is None else decode(data))
         parser.finish()
     if parser is not None:
@@ -83,29 +87,124 @@ def _body_parser(observation: CallObservation) -> tuple[NativeParser | None, boo
     return parser, undecodable
 
 
+@dataclass
+class _Said:
+    """What a response body said, whichever API shaped it."""
+
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    completed: bool = False  # its final object or terminal event arrived
+    end_reason: str = "END"  # the stop reason when completed
+    error: str | None = None  # an error the body carried
+    tool_calls: bool = False
+    token_chunks: int = 0  # chunks that carried a token: the output of a call cut short
+    wire: dict[str, Any] = field(default_factory=dict)  # fields only this API provides
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _said_native(parser: NativeParser) -> _Said:
+    final = parser.final
+    said = _Said(error=parser.error, tool_calls=parser.tool_calls, token_chunks=parser.token_chunks)
+    if final is None:
+        return said
+    model = final.get("model")
+    said.model = model if isinstance(model, str) else None
+    said.input_tokens = _count(final.get("prompt_eval_count"))
+    said.output_tokens = _count(final.get("eval_count"))
+    said.completed = True
+    done_reason = final.get("done_reason")
+    if isinstance(done_reason, str):
+        said.end_reason = _DONE_REASONS.get(done_reason, "END")
+    for name in _OLLAMA_TIMINGS:
+        said.details[name] = _count(final.get(name))
+    said.details["prompt_eval_cached_count"] = _count(final.get("prompt_eval_cached_count"))
+    return said
+
+
+# OpenAI finish_reason (for /v1/responses, as the parser maps the response's status).
+_FINISH_REASONS = {"stop": "END", "length": "TOKEN_LIMIT", "tool_calls": "END_SEQUENCE"}
+
+
+def _said_openai(parser: OpenAIParser, streamed: bool) -> _Said:
+    said = _Said(
+        model=parser.model,
+        input_tokens=parser.prompt_tokens,
+        output_tokens=parser.completion_tokens,
+        completed=parser.completed,
+        error=parser.error,
+        tool_calls=parser.tool_calls,
+        token_chunks=parser.token_events,
+    )
+    if parser.finish_reason is not None:
+        said.end_reason = _FINISH_REASONS.get(parser.finish_reason, "END")
+    if parser.system_fingerprint:
+        said.wire["systemFingerprint"] = parser.system_fingerprint
+    if parser.reasoning_tokens:
+        said.wire["reasoningTokenCount"] = parser.reasoning_tokens
+    if parser.cached_tokens:
+        said.wire["cacheReadTokenCount"] = parser.cached_tokens
+    if streamed and parser.completed and not parser.usage_seen:
+        # A server that sent no token counts although they were asked for: zero, counted.
+        counters.add("stream_without_usage")
+        said.details["usage_missing"] = True
+    return said
+
+
+def _said(parser: StreamParser | None, streamed: bool) -> _Said:
+    if parser is None:
+        return _Said()
+    if isinstance(parser, NativeParser):
+        return _said_native(parser)
+    return _said_openai(parser, streamed)
+
+
+def _stop(observation: CallObservation, said: _Said, undecodable: bool) -> tuple[str, str | None]:
+    """The stop reason and error reason: how the call ended, first signal wins."""
+    status = observation.status
+    if status is not None and status >= 400:
+        return "ERROR", said.error or f"HTTP {status}"
+    if said.error is not None:
+        return "ERROR", said.error
+    if said.completed:
+        return said.end_reason, None
+    exception = observation.exception
+    if exception is not None and observation.ended not in (ENDED_EOF, ENDED_CLOSED):
+        if not isinstance(exception, Exception):
+            return "CANCELLED", None  # GeneratorExit, CancelledError, KeyboardInterrupt
+        if _is_timeout(exception):
+            return "TIMEOUT", _exception_reason(exception)
+        return "ERROR", _exception_reason(exception)
+    if observation.ended == ENDED_CLOSED:
+        return "CANCELLED", None
+    if undecodable:
+        return "END", None  # an encoding we cannot read: the call went through, usage unknown
+    return "ERROR", "response ended before its final chunk"
+
+
 def build_record(observation: CallObservation, metadata: dict[str, Any]) -> MeteringRecord:
     parser, undecodable = _body_parser(observation)
     request = _request_json(observation)
-    final = parser.final if parser is not None else None
     route = observation.route
     status = observation.status
 
     start = observation.mono_start
     end = observation.mono_end if observation.mono_end is not None else start
     wall = observation.wall_start
-    duration_ms = max(0, round((end - start) * 1000))
     response_time = iso_utc(wall + (end - start))
 
-    content_type = observation.content_type
-    if status is not None and status < 400 and content_type is not None:
-        streamed = b"ndjson" in content_type
+    if status is not None and status < 400 and observation.content_type is not None:
+        streamed = observation.streamed_response()
     else:
-        # The server streams when "stream" is absent; the embed routes never stream.
-        streamed = not route.embeddings and request.get("stream", True) is not False
+        # Native routes stream when "stream" is absent, /v1 routes do not; embeddings never.
+        asked = request.get("stream", route.api == NATIVE)
+        streamed = not route.embeddings and asked is True
+    said = _said(parser, streamed)
 
+    model = said.model or request.get("model")
     wire: dict[str, Any] = {
         "transactionId": observation.transaction_id,
-        "model": "",
+        "model": model if isinstance(model, str) and model else "unknown",
         "provider": "OLLAMA",
         "modelSource": "OLLAMA",
         "middlewareSource": "PYTHON",
@@ -114,60 +213,23 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
         "isStreamed": streamed,
         "requestTime": iso_utc(wall),
         "responseTime": response_time,
-        "requestDuration": duration_ms,
+        "requestDuration": max(0, round((end - start) * 1000)),
     }
-    model = final.get("model") if final else None
-    if not isinstance(model, str) or not model:
-        model = request.get("model")
-    wire["model"] = model if isinstance(model, str) and model else "unknown"
-
-    input_tokens = _count(final.get("prompt_eval_count")) if final else 0
-    output_tokens = _count(final.get("eval_count")) if final else 0
-
-    stop_reason: str
-    error_reason: str | None = None
-    if status is not None and status >= 400:
-        stop_reason = "ERROR"
-        wire["errorCode"] = status
-        error_reason = (parser.error if parser is not None else None) or f"HTTP {status}"
-    elif parser is not None and parser.error is not None:
-        stop_reason = "ERROR"
-        error_reason = parser.error
-    elif final is not None:
-        done_reason = final.get("done_reason")
-        stop_reason = "END"
-        if isinstance(done_reason, str):
-            stop_reason = _DONE_REASONS.get(done_reason, "END")
-    elif observation.exception is not None and observation.ended not in (ENDED_EOF, ENDED_CLOSED):
-        exception = observation.exception
-        if not isinstance(exception, Exception):
-            stop_reason = "CANCELLED"  # GeneratorExit, CancelledError, KeyboardInterrupt
-        elif _is_timeout(exception):
-            stop_reason = "TIMEOUT"
-            error_reason = _exception_reason(exception)
-        else:
-            stop_reason = "ERROR"
-            error_reason = _exception_reason(exception)
-    elif observation.ended == ENDED_CLOSED:
-        stop_reason = "CANCELLED"
-    elif undecodable:
-        stop_reason = "END"  # an encoding we cannot read: the call went through, usage unknown
-    else:
-        stop_reason = "ERROR"
-        error_reason = "response ended before Ollama's final chunk"
-
-    if stop_reason not in ("END", "TOKEN_LIMIT") and parser is not None:
-        # Cut short: Ollama sends one token per streamed chunk, so count what arrived.
-        output_tokens = max(output_tokens, parser.token_chunks)
+    stop_reason, error_reason = _stop(observation, said, undecodable)
     wire["stopReason"] = stop_reason
+    if status is not None and status >= 400:
+        wire["errorCode"] = status
     if error_reason is not None:
         wire["errorReason"] = error_reason[:255]
 
-    wire["inputTokenCount"] = input_tokens
+    output_tokens = said.output_tokens
+    if stop_reason not in ("END", "TOKEN_LIMIT", "END_SEQUENCE"):
+        # Cut short: Ollama sends one token per streamed chunk, so count what arrived.
+        output_tokens = max(output_tokens, said.token_chunks)
+    wire["inputTokenCount"] = said.input_tokens
     wire["outputTokenCount"] = output_tokens
-    wire["totalTokenCount"] = input_tokens + output_tokens
-
-    if parser is not None and parser.tool_calls and route.operation == "CHAT":
+    wire["totalTokenCount"] = said.input_tokens + output_tokens
+    if said.tool_calls and route.operation == "CHAT":
         wire["operationType"] = "TOOL_CALL"
 
     first_token = observation.mono_first_token
@@ -184,16 +246,15 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
         temperature = options.get("temperature")
         if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
             wire["temperature"] = float(temperature)
-
+    wire.update(said.wire)
     wire.update(metadata)
+    if observation.retry_number is not None:
+        wire["retryNumber"] = observation.retry_number  # the SDK's own count wins
 
     url = observation.url
     port = url.port or (443 if url.scheme == "https" else 80)
     details: dict[str, Any] = {"route": route.path, "host": f"{url.scheme}://{url.host}:{port}"}
-    if final:
-        for name in _OLLAMA_TIMINGS:
-            details[name] = _count(final.get(name))
-        details["prompt_eval_cached_count"] = _count(final.get("prompt_eval_cached_count"))
+    details.update(said.details)
     if undecodable and observation.content_encoding is not None:
         details["undecodable_encoding"] = observation.content_encoding.decode("latin-1")
     return MeteringRecord(wire=wire, details=details)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._wire._openai import Kind
+
+NATIVE = "native"
+OPENAI = "openai"
+
 
 @dataclass(frozen=True)
 class Route:
-    """A metered endpoint. ``path`` is the canonical path, without any host prefix."""
+    """A metered endpoint. ``path`` is the canonical path, without any host prefix;
+    ``kind`` tells the OpenAI-compatible routes' body shapes apart."""
 
     path: str
     operation: str
+    api: str = NATIVE
+    kind: Kind = "chat"  # which OpenAI shape; read only when api is OPENAI
     embeddings: bool = False
 
 
@@ -19,6 +27,10 @@ _ROUTES: dict[bytes, Route] = {
     b"/api/generate": Route("/api/generate", "GENERATE"),
     b"/api/embed": Route("/api/embed", "EMBED", embeddings=True),
     b"/api/embeddings": Route("/api/embeddings", "EMBED", embeddings=True),
+    b"/v1/chat/completions": Route("/v1/chat/completions", "CHAT", OPENAI, "chat"),
+    b"/v1/completions": Route("/v1/completions", "GENERATE", OPENAI, "completion"),
+    b"/v1/embeddings": Route("/v1/embeddings", "EMBED", OPENAI, "embedding", embeddings=True),
+    b"/v1/responses": Route("/v1/responses", "CHAT", OPENAI, "response"),
 }
 
 
@@ -27,7 +39,7 @@ def route_for(method: str, raw_path: bytes) -> Route | None:
 
     ``raw_path`` is the request target (path and query, as sent). Ollama may sit behind a
     path prefix (``OLLAMA_HOST=http://gw/ollama``), so a path that does not match exactly
-    is matched on its ``/api/...`` tail.
+    is matched on its ``/api/...`` or ``/v1/...`` tail.
     """
     if method != "POST":
         return None
@@ -35,5 +47,5 @@ def route_for(method: str, raw_path: bytes) -> Route | None:
     if route is not None:
         return route
     path = raw_path.partition(b"?")[0].rstrip(b"/")
-    cut = path.rfind(b"/api/")
+    cut = max(path.rfind(b"/api/"), path.rfind(b"/v1/"))
     return _ROUTES.get(path[cut:] if cut > 0 else path)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from . import _sink
-from ._metadata import MetadataError, check, current_layers, header_layer, strict
+from ._metadata import MetadataError, as_layer, check, current_layers, header_layer, strict
 from ._observation import (
     ENDED_CLOSED,
     ENDED_EOF,
@@ -27,12 +27,17 @@ from ._observation import (
     last_async_call,
     last_sync_call,
 )
-from ._routes import route_for
+from ._routes import OPENAI, route_for
 from ._sink import submit_default
-from ._stats import internal_failure
+from ._stats import counters, internal_failure
+from ._wire._openai_request import rewrite
+from ._wire._usage_strip import UsageStripper
 
 METADATA_HEADER = "x-revenium-metadata"
 _METADATA_HEADER_KEY = METADATA_HEADER.encode()
+# The openai SDK's own retries: each attempt is a record, numbered from this header.
+_RETRY_HEADER = "x-stainless-retry-count"
+_RETRY_HEADER_KEY = _RETRY_HEADER.encode()
 
 
 def _end(observation: CallObservation, how: str, exception: BaseException | None = None) -> None:
@@ -116,10 +121,71 @@ class _AsyncTee:
         _end(self._observation, ENDED_CLOSED)
 
 
+class _SyncStripTee(_SyncTee):
+    """A tee that also takes out the usage event the caller did not ask for (see
+    ``_wire._usage_strip``): bytes pass event by event instead of read by read."""
+
+    def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
+        super().__init__(inner, observation, feed)
+        self._stripper = UsageStripper(observation.route.kind)
+
+    def __iter__(self) -> Iterator[bytes]:
+        observation = self._observation
+        feed = self._feed
+        strip = self._stripper.feed
+        try:
+            for chunk in self._inner:
+                try:
+                    if feed(chunk):
+                        feed = observation.first_token()
+                except Exception:
+                    _feed_failed(observation)
+                    feed = ignore_bytes
+                passed = strip(chunk)
+                if passed:
+                    yield passed
+            tail = self._stripper.finish()
+            if tail:
+                yield tail
+        except BaseException as exc:
+            _end(observation, ENDED_RAISED, exc)
+            raise
+        _end(observation, ENDED_EOF)
+
+
+class _AsyncStripTee(_AsyncTee):
+    def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
+        super().__init__(inner, observation, feed)
+        self._stripper = UsageStripper(observation.route.kind)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        observation = self._observation
+        feed = self._feed
+        strip = self._stripper.feed
+        try:
+            async for chunk in self._inner:
+                try:
+                    if feed(chunk):
+                        feed = observation.first_token()
+                except Exception:
+                    _feed_failed(observation)
+                    feed = ignore_bytes
+                passed = strip(chunk)
+                if passed:
+                    yield passed
+            tail = self._stripper.finish()
+            if tail:
+                yield tail
+        except BaseException as exc:
+            _end(observation, ENDED_RAISED, exc)
+            raise
+        _end(observation, ENDED_EOF)
+
+
 class _Family:
     """An HTTP library family (httpx or httpx2): its module and our tee types for it."""
 
-    __slots__ = ("async_tee", "module", "sync_tee")
+    __slots__ = ("async_strip_tee", "async_tee", "module", "sync_strip_tee", "sync_tee")
 
     def __init__(self, module_name: str) -> None:
         self.module: Any = importlib.import_module(module_name)
@@ -127,6 +193,12 @@ class _Family:
         self.sync_tee: type[_SyncTee] = type("SyncTee", (_SyncTee, self.module.SyncByteStream), {})
         self.async_tee: type[_AsyncTee] = type(
             "AsyncTee", (_AsyncTee, self.module.AsyncByteStream), {}
+        )
+        self.sync_strip_tee: type[_SyncTee] = type(
+            "SyncStripTee", (_SyncStripTee, self.module.SyncByteStream), {}
+        )
+        self.async_strip_tee: type[_AsyncTee] = type(
+            "AsyncStripTee", (_AsyncStripTee, self.module.AsyncByteStream), {}
         )
 
 
@@ -178,20 +250,21 @@ def _content_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
     return content_type, encoding
 
 
-def _observe(request: Any, sink: Sink) -> CallObservation | None:
+def _observe(request: Any, sink: Sink) -> tuple[CallObservation | None, Any]:
     """Starts an observation for a metered request (None for any other, or if anything
-    goes wrong), and takes the metadata header off the request so that Ollama never sees
-    it."""
+    goes wrong); returns it with the request to forward, which is ``request`` itself
+    unless the body had to change (see ``_wire._openai_request``). Takes the metadata
+    header off the request so that Ollama never sees it."""
     try:
         return _start_observation(request, sink)
     except MetadataError:
         raise  # strict mode asked for it
     except Exception:
         internal_failure("request")
-        return None
+        return None, request
 
 
-def _start_observation(request: Any, sink: Sink) -> CallObservation | None:
+def _start_observation(request: Any, sink: Sink) -> tuple[CallObservation | None, Any]:
     headers = request.headers
     header_metadata: str | None = None
     if _has_header(headers, _METADATA_HEADER_KEY):
@@ -201,22 +274,67 @@ def _start_observation(request: Any, sink: Sink) -> CallObservation | None:
             check(header_layer(header_metadata))
     route = route_for(request.method, request.url.raw_path)
     if route is None or not _sink.metering_enabled:
-        return None
+        return None, request
     try:
         body: bytes | None = request.content
     except Exception:  # a streaming request body: nothing to read without consuming it
         body = None
     observation = CallObservation(route, body, current_layers(), header_metadata, request.url, sink)
-    observation.call_metadata = call_metadata.get()
-    return observation
+    metadata = call_metadata.get()
+    if route.api == OPENAI:
+        request, metadata = _openai_request(observation, request, body, metadata)
+    observation.call_metadata = metadata
+    return observation, request
 
 
-def _tee(observation: CallObservation, response: Any, tee_type: type[_SyncTee | _AsyncTee]) -> None:
+def _openai_request(
+    observation: CallObservation, request: Any, body: bytes | None, metadata: Any
+) -> tuple[Any, Any]:
+    """The OpenAI SDK's extras: metadata in the body, usage asked for, its retry count."""
+    headers = request.headers
+    if _has_header(headers, _RETRY_HEADER_KEY):
+        count = headers[_RETRY_HEADER].strip()
+        observation.retry_number = int(count) if count.isdigit() else None
+    if not body:
+        return request, metadata
+    change = rewrite(observation.route.kind, body)
+    if change.metadata is not None:
+        layer = as_layer(change.metadata)
+        if layer:
+            check(layer)
+            metadata = layer
+    observation.usage_injected = change.usage_injected
+    if change.body is None:
+        return request, metadata
+    observation.request_body = change.body
+    kept = [(name, value) for name, value in headers.raw if name.lower() != b"content-length"]
+    forward = type(request)(
+        request.method,
+        request.url,
+        headers=kept,
+        content=change.body,
+        extensions=request.extensions,
+    )
+    return forward, metadata
+
+
+def _tee(
+    observation: CallObservation,
+    response: Any,
+    tee_type: type[_SyncTee | _AsyncTee],
+    strip_type: type[_SyncTee | _AsyncTee],
+) -> None:
     """Puts the tee around the response's body; on any failure, leaves the response be."""
     try:
         feed = _response_started(observation, response)
-        if feed is not None:
-            response.stream = tee_type(response.stream, observation, feed)
+        if feed is None:
+            return
+        if observation.usage_injected and observation.parser is not None:
+            if observation.content_encoding is None:
+                tee_type = strip_type
+            else:  # compressed bytes cannot be cut at events: let the usage event through
+                counters.add("usage_event_not_removed")
+        response.stream = tee_type(response.stream, observation, feed)
     except Exception:
         internal_failure("response")
 
@@ -267,7 +385,22 @@ class _Inners:
             return [self._given] if self._given is not None else list(self._defaults.values())
 
 
-class ReveniumTransport(httpx.BaseTransport):
+if TYPE_CHECKING:
+    import httpx2
+
+    # For type checkers, the transports are of both families, as they are at run time.
+    class _SyncBase(httpx.BaseTransport, httpx2.BaseTransport):  # type: ignore[misc]
+        ...
+
+    class _AsyncBase(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):  # type: ignore[misc]
+        ...
+
+else:  # httpx2 is optional, and neither family's client checks a transport's type
+    _SyncBase = httpx.BaseTransport
+    _AsyncBase = httpx.AsyncBaseTransport
+
+
+class ReveniumTransport(_SyncBase):
     """A sync transport that meters Ollama calls and forwards everything unchanged.
 
     ``inner`` is the transport that does the HTTP exchange, of the same family as the
@@ -284,7 +417,7 @@ class ReveniumTransport(httpx.BaseTransport):
 
     def handle_request(self, request: Any) -> Any:
         family = _family_of(request)
-        observation = _observe(request, self._sink)
+        observation, request = _observe(request, self._sink)
         inner = self._inners.for_family(family)
         if observation is None:
             return inner.handle_request(request)
@@ -294,7 +427,7 @@ class ReveniumTransport(httpx.BaseTransport):
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
-        _tee(observation, response, family.sync_tee)
+        _tee(observation, response, family.sync_tee, family.sync_strip_tee)
         return response
 
     def close(self) -> None:
@@ -302,7 +435,7 @@ class ReveniumTransport(httpx.BaseTransport):
             inner.close()
 
 
-class AsyncReveniumTransport(httpx.AsyncBaseTransport):
+class AsyncReveniumTransport(_AsyncBase):
     """The asyncio counterpart of ``ReveniumTransport``; same arguments."""
 
     def __init__(
@@ -313,7 +446,7 @@ class AsyncReveniumTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: Any) -> Any:
         family = _family_of(request)
-        observation = _observe(request, self._sink)
+        observation, request = _observe(request, self._sink)
         inner = self._inners.for_family(family)
         if observation is None:
             return await inner.handle_async_request(request)
@@ -323,7 +456,7 @@ class AsyncReveniumTransport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
-        _tee(observation, response, family.async_tee)
+        _tee(observation, response, family.async_tee, family.async_strip_tee)
         return response
 
     async def aclose(self) -> None:

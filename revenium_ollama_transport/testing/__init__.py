@@ -7,6 +7,10 @@
         ...  # point OLLAMA_HOST at sim.host and REVENIUM_METERING_BASE_URL at api.url
         records = api.wait_for_records(1)
 
+The simulator also answers Ollama's OpenAI-compatible API (`/v1/chat/completions`,
+`/v1/completions`, `/v1/embeddings`, `/v1/responses`, `/v1/models`) from the same replies, so
+`openai.OpenAI(base_url=f"{sim.url}/v1/", api_key="ollama")` works against it.
+
 Standard library and orjson only; both servers use ephemeral ports and stop without waiting on
 clients.
 """

@@ -17,6 +17,22 @@ Doc = dict[str, Any]
 
 _CONTEXT_CAP = 2048  # /api/generate's `context` is every token; cap it for huge fake counts
 
+# Ollama's own messages (server/routes.go, server/sched.go) for the statuses it sends.
+_ERRORS = {
+    400: "invalid request",
+    404: 'model "{model}" not found, try pulling it first',
+    499: "request canceled",
+    500: "llama runner process has terminated: exit status 2",
+    503: "server busy, please try again.  maximum pending requests exceeded",
+}
+
+
+def error_text(reply: SimulatedReply, status: int, model: str) -> str:
+    """The reply's `error`, else Ollama's message for the status."""
+    if reply.error:
+        return reply.error
+    return _ERRORS.get(status, "simulated error").format(model=model)
+
 
 def _metrics(reply: SimulatedReply) -> Doc:
     fields = (

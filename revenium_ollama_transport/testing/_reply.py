@@ -11,6 +11,11 @@ from typing import Any, Literal
 class SimulatedReply:
     """How `OllamaSimulator` answers a chat, generate or embed request.
 
+    The OpenAI-compatible routes (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`,
+    `/v1/embeddings`) answer from the same fields, converted as Ollama converts its native
+    answers: prompt_eval_count is `prompt_tokens` / `input_tokens`, eval_count (or its default)
+    `completion_tokens` / `output_tokens`.
+
     Content:
         model: the `model` field of the answer; None echoes the request's.
         tokens: content pieces, one streamed chunk each (joined when not streamed).
@@ -25,7 +30,10 @@ class SimulatedReply:
             their own chunk before the final one ("intermediate") or on the final chunk ("final").
         embedding_dims: length of each embedding vector.
         created_at: a fixed `created_at` for every chunk (None stamps the time each one goes
-            out, as Ollama does), for byte-for-byte comparisons of two answers.
+            out, as Ollama does), for byte-for-byte comparisons of two answers. On the OpenAI
+            routes it sets `created` (Unix seconds) where Ollama derives it from `created_at`.
+        sse_line_end: the line ending of the OpenAI routes' server-sent events: "\n" (what
+            Ollama sends), or "\r\n" or "\r", which are valid SSE too, to test parsers.
 
     Faults:
         status: >= 400 answers that status with `{"error": error}` before any streaming.
@@ -33,9 +41,13 @@ class SimulatedReply:
         error_after: after N streamed chunks (thinking and content), an `{"error": ...}` line
             ends the stream: no done chunk, but a normal end of the HTTP body. 0, or any value
             when not streaming, answers 500 instead, as Ollama does when nothing was written yet.
+            On the OpenAI routes the error line becomes what Ollama makes of it: one empty
+            chunk (chat, completions) or nothing (responses), then the end of the body with no
+            finish chunk, no usage and no `[DONE]` / `response.completed`.
         drop_after: after N chunks (the final one counts) the TCP connection is closed without
             the terminating zero-length chunk, even when N covers every chunk; not streaming,
-            half the body is sent.
+            half the body is sent. On the OpenAI routes N counts the same native chunks; each
+            becomes the SSE frame(s) Ollama writes for it.
         first_byte_delay: seconds before the status line.
         chunk_delay: seconds between streamed chunks.
         gzip: `Content-Encoding: gzip`; a stream is sync-flushed per chunk so lines still
@@ -64,6 +76,7 @@ class SimulatedReply:
     first_byte_delay: float = 0.0
     chunk_delay: float = 0.0
     gzip: bool = False
+    sse_line_end: str = "\n"
 
     def __post_init__(self) -> None:
         # Freeze the sequences too, so a reply can be shared between threads and requests.
@@ -83,6 +96,8 @@ class SimulatedReply:
             raise ValueError("delays must be >= 0")
         if self.embedding_dims < 1:
             raise ValueError("embedding_dims must be >= 1")
+        if self.sse_line_end not in ("\n", "\r\n", "\r"):
+            raise ValueError(r"sse_line_end must be '\n', '\r\n' or '\r'")
 
     @property
     def output_tokens(self) -> int:

@@ -90,7 +90,10 @@ class _Exchange:
     ) -> None:
         handler = self._handler
         handler.send_response(status)
-        for name, value in {**(headers or {}), **framing}.items():
+        fields = {**(headers or {}), **framing}
+        if "Connection" in fields and self.request.headers.get("connection", "").lower() == "close":
+            fields["Connection"] = "close"  # Go's net/http: the client's close wins
+        for name, value in fields.items():
             handler.send_header(name, value)
         handler.end_headers()
         self.started = True

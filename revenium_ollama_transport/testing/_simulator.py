@@ -1,39 +1,26 @@
-"""`OllamaSimulator`: a local HTTP server that answers like Ollama's native API on the wire."""
+"""`OllamaSimulator`: a local HTTP server that answers like Ollama's native and OpenAI-compatible
+APIs on the wire (the latter in `_openai_routes.py`)."""
 
 from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from . import _ollama_bodies as bodies
+from ._openai_routes import MODEL_ROUTE_PREFIX, OpenAIRoutes
 from ._reply import ReceivedRequest, SimulatedReply
 from ._server import _Exchange, _LoopbackServer
-from ._wire import go_json, go_time
+from ._streaming import Doc, Step, Streamer, answer_inference, send_body, stamp
+from ._wire import go_json
 
 _JSON = "application/json; charset=utf-8"  # gin's c.JSON
 _NDJSON = "application/x-ndjson"
 _PLAIN = "text/plain; charset=utf-8"  # gin's c.String
-
-# Ollama's own messages (server/routes.go, server/sched.go) for the statuses it sends.
-_ERRORS = {
-    400: "invalid request",
-    404: 'model "{model}" not found, try pulling it first',
-    499: "request canceled",
-    500: "llama runner process has terminated: exit status 2",
-    503: "server busy, please try again.  maximum pending requests exceeded",
-}
-
-
-def _error_text(reply: SimulatedReply, status: int, model: str) -> str:
-    if reply.error:
-        return reply.error
-    return _ERRORS.get(status, "simulated error").format(model=model)
 
 
 def _parse(body: bytes) -> Any:
@@ -45,13 +32,36 @@ def _parse(body: bytes) -> Any:
         return None
 
 
-class OllamaSimulator(_LoopbackServer):
-    """A real HTTP/1.1 server on 127.0.0.1 (ephemeral port) that speaks Ollama's native API.
+class _NativeFraming:
+    """The native API: NDJSON lines, `{"error": ...}` objects, gin's JSON content type."""
+
+    stream_headers: Mapping[str, str] = {"Content-Type": _NDJSON}
+
+    def whole(self, doc: Doc) -> tuple[bytes, Mapping[str, str]]:
+        return go_json(doc), {"Content-Type": _JSON}
+
+    def step(self, doc: Doc) -> Step:
+        return [go_json(doc) + b"\n"]  # a late error too (json.Encoder.Encode in streamResponse)
+
+    def error(self, status: int, message: str) -> tuple[bytes, Mapping[str, str]]:
+        return go_json({"error": message}), {"Content-Type": _JSON}
+
+
+_NATIVE = _NativeFraming()
+
+
+class OllamaSimulator(OpenAIRoutes, _LoopbackServer):
+    """A real HTTP/1.1 server on 127.0.0.1 (ephemeral port) that speaks Ollama's native API and
+    its OpenAI-compatible one.
 
     Metered routes (`/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`) answer from the
     next queued `SimulatedReply`, else from `reply`. The pass-through routes (`/api/tags`,
     `/api/ps`, `/api/version`, `/api/show`, `/api/pull`, `/api/delete`, `/api/copy`, `/`) always
     succeed with fixed, realistic bodies and consume no reply.
+
+    The OpenAI-compatible routes (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+    `/v1/responses`) answer from the same replies, converted as Ollama converts its native
+    answers; `/v1/models` and `/v1/models/{model}` consume no reply.
     """
 
     def __init__(
@@ -112,6 +122,13 @@ class OllamaSimulator(_LoopbackServer):
         with self._cond:
             return self._queue.popleft() if self._queue else self._reply
 
+    def _take_reply(self, exchange: _Exchange) -> SimulatedReply | None:
+        reply = self._next_reply()
+        if not exchange.sleep(reply.first_byte_delay):
+            exchange.abort()
+            return None
+        return reply
+
     def _wake_waiters(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -133,6 +150,8 @@ class OllamaSimulator(_LoopbackServer):
             )
             self._cond.notify_all()
         route = _ROUTES.get(request.route)
+        if route is None and _is_model_route(request.route):
+            route = _MODEL_ROUTE
         if route is None:  # gin's NoRoute answer
             exchange.send(404, b"404 page not found", {"Content-Type": "text/plain"})
             return
@@ -171,7 +190,9 @@ class OllamaSimulator(_LoopbackServer):
             # waitForStream: only the last progress, as plain application/json
             _send_json(exchange, 200, progress[-1], "application/json")
             return
-        _Streamer(exchange, SimulatedReply()).run(progress, None)
+        Streamer(exchange, SimulatedReply(), _NATIVE.stream_headers).run(
+            _NATIVE.step(doc) for doc in progress
+        )
 
     def _empty_ok(self, exchange: _Exchange, payload: Any) -> None:
         # /api/delete and /api/copy write no body on success.
@@ -204,20 +225,15 @@ class OllamaSimulator(_LoopbackServer):
         if started is None:
             return
         reply, model = started
-        streamed = payload.get("stream") is not False  # absent or null: the server streams
-        if reply.error_after is not None and (reply.error_after == 0 or not streamed):
-            # Nothing written yet: Ollama answers the runner's error as a plain 500.
-            _answer(exchange, reply, 500, {"error": _error_text(reply, 500, model)})
-            return
-        if not streamed:
-            _answer(exchange, reply, 200, full(reply, model))
-            return
-        chunks, final = stream(reply, model)
-        if reply.error_after is not None:
-            error = {"error": _error_text(reply, 500, model)}
-            _Streamer(exchange, reply).run(chunks[: reply.error_after], error)
-        else:
-            _Streamer(exchange, reply).run([*chunks, final], None)
+        answer_inference(
+            exchange,
+            reply,
+            _NATIVE,
+            streamed=payload.get("stream") is not False,  # absent or null: the server streams
+            chunks=lambda: stream(reply, model),
+            whole=lambda: full(reply, model),
+            error_message=bodies.error_text(reply, 500, model),
+        )
 
     def _embed(self, exchange: _Exchange, payload: Any) -> None:
         raw = payload.get("input") if isinstance(payload, dict) else None
@@ -255,12 +271,11 @@ class OllamaSimulator(_LoopbackServer):
         if requested is None:
             _send_json(exchange, 400, {"error": "model is required"})
             return None
-        reply = self._next_reply()
-        if not exchange.sleep(reply.first_byte_delay):
-            exchange.abort()
+        reply = self._take_reply(exchange)
+        if reply is None:
             return None
         if reply.status >= 400:
-            error = {"error": _error_text(reply, reply.status, requested)}
+            error = {"error": bodies.error_text(reply, reply.status, requested)}
             _answer(exchange, reply, reply.status, error)
             return None
         return reply, reply.model if reply.model is not None else requested
@@ -281,7 +296,18 @@ _ROUTES: dict[str, tuple[frozenset[str], _Route]] = {
     "/api/generate": (frozenset({"POST"}), OllamaSimulator._generate),
     "/api/embed": (frozenset({"POST"}), OllamaSimulator._embed),
     "/api/embeddings": (frozenset({"POST"}), OllamaSimulator._embeddings),
+    "/v1/chat/completions": (frozenset({"POST"}), OllamaSimulator._v1_chat),
+    "/v1/completions": (frozenset({"POST"}), OllamaSimulator._v1_completions),
+    "/v1/embeddings": (frozenset({"POST"}), OllamaSimulator._v1_embeddings),
+    "/v1/responses": (frozenset({"POST"}), OllamaSimulator._v1_responses),
+    "/v1/models": (frozenset({"GET"}), OllamaSimulator._v1_models),
 }
+_MODEL_ROUTE = (frozenset({"GET"}), OllamaSimulator._v1_model)  # /v1/models/:model
+
+
+def _is_model_route(route: str) -> bool:
+    name = route.removeprefix(MODEL_ROUTE_PREFIX)
+    return route.startswith(MODEL_ROUTE_PREFIX) and bool(name) and "/" not in name
 
 
 def _model_of(payload: Any) -> str | None:
@@ -300,61 +326,5 @@ def _send_json(exchange: _Exchange, status: int, doc: object, content_type: str 
 
 def _answer(exchange: _Exchange, reply: SimulatedReply, status: int, doc: bodies.Doc) -> None:
     """A whole (non-streamed) answer, with the reply's encoding and drop fault applied."""
-    if "created_at" in doc:
-        doc["created_at"] = reply.created_at or go_time()
-    body = go_json(doc)
-    headers = {"Content-Type": _JSON}
-    if reply.gzip:
-        body = _gzip(body)
-        headers["Content-Encoding"] = "gzip"
-    if reply.drop_after is not None:
-        exchange.send_partial(status, body, headers)
-    else:
-        exchange.send(status, body, headers)
-
-
-def _gzip(data: bytes) -> bytes:
-    compressor = zlib.compressobj(wbits=31)  # 31: gzip header and trailer
-    return compressor.compress(data) + compressor.flush()
-
-
-class _Streamer:
-    """Writes NDJSON lines one per HTTP chunk, flushed one by one, applying the reply's faults."""
-
-    def __init__(self, exchange: _Exchange, reply: SimulatedReply) -> None:
-        self._exchange = exchange
-        self._reply = reply
-        self._compressor = zlib.compressobj(wbits=31) if reply.gzip else None
-
-    def run(self, docs: list[bodies.Doc], error: bodies.Doc | None) -> None:
-        exchange, reply = self._exchange, self._reply
-        headers = {"Content-Type": _NDJSON}
-        if self._compressor is not None:
-            headers["Content-Encoding"] = "gzip"
-        exchange.start_chunked(200, headers)
-        # A late error goes out like a line (json.Encoder.Encode in streamResponse).
-        lines = [*docs, error] if error is not None else docs
-        for index, doc in enumerate(lines):
-            if reply.drop_after is not None and index >= reply.drop_after:
-                break
-            if index and not exchange.sleep(reply.chunk_delay):
-                exchange.abort()
-                return
-            self._write(self._line(doc, reply.created_at))
-        if reply.drop_after is not None:
-            exchange.abort()  # no terminating zero-length chunk
-            return
-        if self._compressor is not None:
-            exchange.write_chunk(self._compressor.flush())
-        exchange.end_chunked()
-
-    @staticmethod
-    def _line(doc: bodies.Doc, created_at: str | None) -> bytes:
-        if "created_at" in doc:
-            doc["created_at"] = created_at or go_time()  # stamped as it goes out, like Ollama
-        return go_json(doc) + b"\n"
-
-    def _write(self, line: bytes) -> None:
-        if self._compressor is not None:
-            line = self._compressor.compress(line) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
-        self._exchange.write_chunk(line)
+    body = go_json(stamp(doc, reply.created_at))
+    send_body(exchange, reply, status, body, {"Content-Type": _JSON})

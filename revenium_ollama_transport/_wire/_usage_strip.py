@@ -1,0 +1,55 @@
+"""Takes back out of an event stream what asking for usage on the caller's behalf added.
+
+With ``stream_options.include_usage`` Ollama adds a last chunk whose ``choices`` is empty
+and which carries ``usage``; on ``/v1/completions`` it also puts a ``usage`` object on every
+chunk. A caller that did not ask for usage must see neither: the first is dropped, the
+second rewritten without its ``usage``. Everything else passes as the bytes that arrived,
+event by event (a read that ends inside an event is held until the event is whole).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ._openai import is_usage_only_chunk
+from ._sse import SSEEvent, SSESplitter
+
+_USAGE_KEY = b'"usage"'
+
+
+def _without_usage(event: SSEEvent) -> bytes:
+    try:
+        chunk = orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        return event.raw
+    if not isinstance(chunk, dict) or "usage" not in chunk:
+        return event.raw
+    del chunk["usage"]
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+class UsageStripper:
+    __slots__ = ("_every_chunk", "_splitter")
+
+    def __init__(self, kind: str) -> None:
+        self._splitter = SSESplitter()
+        self._every_chunk = kind == "completion"
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes the caller gets for this read (possibly none yet)."""
+        events = self._splitter.feed(data)
+        if len(events) == 1 and _USAGE_KEY not in events[0].data:
+            return events[0].raw  # the common case: one whole event, nothing to change
+        return b"".join(self._keep(event) for event in events)
+
+    def finish(self) -> bytes:
+        """At the end of the stream: the bytes of an unfinished last event, as they came."""
+        event = self._splitter.finish()
+        return b"" if event is None else event.raw
+
+    def _keep(self, event: SSEEvent) -> bytes:
+        if _USAGE_KEY not in event.data:
+            return event.raw
+        if is_usage_only_chunk(event.data):
+            return b""
+        return _without_usage(event) if self._every_chunk else event.raw
