@@ -114,3 +114,64 @@ def test_a_long_stream_is_digested_as_it_goes_and_counted_exactly() -> None:
     [record] = sink.records()
     assert record.wire["stopReason"] == "CANCELLED"
     assert record.wire["outputTokenCount"] == tokens
+
+
+# --- OpenAI-compatible streams (SSE), through the transport -----------------------------
+
+CHAT_SSE = (
+    b'data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant",'
+    b'"content":"Hi"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"content":" you"},'
+    b'"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{},'
+    b'"finish_reason":"stop"}]}\n\n'
+)
+USAGE_SSE = (
+    b'data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"system_fingerprint":"fp_ollama","choices":[],"usage":{"prompt_tokens":5,'
+    b'"completion_tokens":2,"total_tokens":7}}\n\n'
+)
+DONE_SSE = b"data: [DONE]\n\n"
+
+
+def stream_through(chunks: list[bytes], sink: RecordingSink, stream_options: object) -> bytes:
+    """A streamed chat completion through the transport; the bytes the caller read."""
+    transport = ReveniumTransport(mock_for(chunks, "text/event-stream"), sink=sink)
+    body: dict[str, object] = {"model": "m", "messages": [], "stream": True}
+    if stream_options is not None:
+        body["stream_options"] = stream_options
+    with httpx.Client(transport=transport, base_url="http://ollama.test") as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            return b"".join(response.iter_raw())
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"])
+def test_sse_usage_event_taken_out_and_record_identical_at_every_split(line_end: bytes) -> None:
+    served = (CHAT_SSE + USAGE_SSE + DONE_SSE).replace(b"\n", line_end)
+    wanted = (CHAT_SSE + DONE_SSE).replace(b"\n", line_end)
+    reference = RecordingSink()
+    assert stream_through([served], reference, None) == wanted
+    [expected] = reference.stable_wires()
+    assert (expected["inputTokenCount"], expected["outputTokenCount"]) == (5, 2)
+    assert expected["stopReason"] == "END"
+    for chunks in splits(served):
+        sink = RecordingSink()
+        assert stream_through(chunks, sink, None) == wanted, [len(c) for c in chunks]
+        assert sink.stable_wires() == [expected]
+
+
+def test_sse_stream_that_asked_for_usage_passes_chunk_for_chunk() -> None:
+    served = CHAT_SSE + USAGE_SSE + DONE_SSE
+    for cut in range(1, len(served), 5):
+        chunks = [served[:cut], served[cut:]]
+        sink = RecordingSink()
+        transport = ReveniumTransport(mock_for(chunks, "text/event-stream"), sink=sink)
+        body = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.Client(transport=transport, base_url="http://ollama.test") as client:
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert list(response.iter_raw()) == chunks
+        [record] = sink.stable_wires()
+        assert record["inputTokenCount"] == 5

@@ -3,20 +3,20 @@
 Cost on the caller's path shapes this module, as it does ``_native.py``. Events are parsed
 with ``orjson`` until the first token (its time is measured) and whenever they can carry
 something other than a token. A chat or completion token event is recognised without
-parsing by its *shape*, learnt from the last token event that was parsed: the bytes before
-its token string (``pre``) and after it (``post``). An event that is ``pre`` + a string
-body without quote, line end or trailing backslash + ``post`` is that same event with
-another non-empty token, so it is counted and nothing else: no usage, finish reason, tool
-call or error can hide in it. A read that is exactly one such ``data: ...\\n\\n`` event is
-counted before the SSE splitter sees it. Ollama's chunks differ only in their token (older
-servers also restamp ``created`` each second: one parse a second relearns it). Responses
-deltas are told by their ``event:`` name and a non-empty ``"delta":"``.
+parsing by its *shape*, learnt from the last parsed event that carried only a token: the
+bytes before its token string (``pre``) and after it (``post``). An event that is ``pre`` +
+a non-empty valid JSON string body + ``post`` is that same event with another token, so it
+is counted and nothing else: no usage, finish reason, tool call or error can hide in it. A
+read that is exactly one such ``data: ...\\n\\n`` event is counted before the SSE splitter
+sees it. Ollama's chunks differ only in their token; a chunk of another shape (an empty
+token, content after reasoning, a ``created`` restamped by older servers each second) is
+parsed, and becomes the shape if it carried only a token. Responses deltas are told by
+their ``event:`` name and a non-empty ``"delta":"``: only lifecycle events are parsed there.
 
-So only the first token, the finish and usage chunks, errors and rare tokens holding a quote
-are parsed; the facts are the same as parsing every event, and do not depend on how the
-body was split into reads. An event or body over 16 KB past the first token (a long
-``response.completed``, an embeddings body) waits for ``resolve()``, with every event after
-it, so their order holds.
+The facts are the same as parsing every event (for valid UTF-8 JSON, which is what Go
+writes), and do not depend on how the body was split into reads. A body over 16 KB (say
+embeddings), or an event over 16 KB past the first token (a long ``response.completed``)
+with every event after it, so their order holds, is parsed by ``resolve()`` instead.
 
 ``finish_reason`` for ``/v1/responses``, from the response's ``status``:
 ``completed`` -> ``tool_calls`` if it has a ``function_call`` output item, else ``length``
@@ -173,7 +173,20 @@ class OpenAIParser:
     ``feed`` returns True exactly once: for the read that completed the first event
     carrying a token (chat: content, reasoning or tool calls; completions: text; responses:
     a text, refusal, reasoning or function-call arguments delta). Read the facts after
-    ``finish()`` and ``resolve()``.
+    ``finish()`` and ``resolve()``:
+
+    - ``model``, ``system_fingerprint``: the first the body names.
+    - ``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``reasoning_tokens``,
+      ``cached_tokens``: the last non-zero usage (never a sum); ``usage_seen`` when a usage
+      counted: a non-zero one, or a zero one in the usage-only chunk, a whole body or a
+      terminal response (the zero usage Ollama puts on every completions chunk is not).
+    - ``finish_reason``: the last non-null one of any choice (responses: see the module).
+    - ``tool_calls``: a tool call or function call was made.
+    - ``token_events``: events that carried a token (0 for a whole body).
+    - ``first_token_seen``; ``completed``: ``[DONE]``, a terminal responses event, or a
+      whole body that is not an error.
+    - ``error``, ``error_type``, ``error_code``: the first error the body reported.
+    - ``malformed``: events or bodies that were not JSON objects.
     """
 
     __slots__ = (
@@ -256,6 +269,7 @@ class OpenAIParser:
     # --- the caller's path -------------------------------------------------------------
 
     def feed(self, data: bytes, _lf: bytes = _LF, _cr: bytes = _CR) -> bool:
+        """Takes one read; True if it completed the first event carrying a token."""
         # Constants are default arguments: this runs for every read of a stream.
         fast = self._fast
         if fast == _FAST_SHAPE:
@@ -535,6 +549,10 @@ class OpenAIParser:
 
     def _response_event(self, name: str | None, data: bytes, defer: bool) -> None:
         if name is None or name == "message":
+            if data == _DONE:
+                return  # not sent on this route, and says nothing its events do not
+            if self._defer(name, data, defer):
+                return
             obj = _loads(data)
             if obj is None:
                 self.malformed += 1
@@ -563,7 +581,7 @@ class OpenAIParser:
         if name in _TERMINAL_NAMES:
             self.completed = True
         elif name in _ITEM_NAMES:
-            if _FUNCTION_CALL not in data:
+            if data.find(_FUNCTION_CALL) < 0:
                 return  # a message or reasoning item: nothing to learn
         elif name in _START_NAMES:
             if self.model is not None:

@@ -143,8 +143,7 @@ class SSESplitter:
                         after += 1
                 else:
                     self._after_cr = True
-                if cr >= 0:
-                    cr = data.find(_CR, after)
+                cr = data.find(_CR, after)
             if 0 <= lf < after:
                 lf = data.find(_LF, after)
             if pieces:

@@ -29,27 +29,36 @@ def _without_usage(event: SSEEvent) -> bytes:
 
 
 class UsageStripper:
-    __slots__ = ("_every_chunk", "_splitter")
+    __slots__ = ("_every_chunk", "_lf_is_dropped", "_splitter")
 
     def __init__(self, kind: str) -> None:
         self._splitter = SSESplitter()
         self._every_chunk = kind == "completion"
+        # A dropped event ended with a CR: a LF opening the next raw completes its CRLF.
+        self._lf_is_dropped = False
 
     def feed(self, data: bytes) -> bytes:
         """The bytes the caller gets for this read (possibly none yet)."""
         events = self._splitter.feed(data)
-        if len(events) == 1 and _USAGE_KEY not in events[0].data:
+        if len(events) == 1 and not self._lf_is_dropped and _USAGE_KEY not in events[0].data:
             return events[0].raw  # the common case: one whole event, nothing to change
-        return b"".join(self._keep(event) for event in events)
+        return b"".join(self._keep(event.raw, event) for event in events)
 
     def finish(self) -> bytes:
         """At the end of the stream: the bytes of an unfinished last event, as they came."""
         event = self._splitter.finish()
-        return b"" if event is None else event.raw
+        return b"" if event is None else self._keep(event.raw, None)
 
-    def _keep(self, event: SSEEvent) -> bytes:
-        if _USAGE_KEY not in event.data:
-            return event.raw
+    def _keep(self, raw: bytes, event: SSEEvent | None) -> bytes:
+        # The splitter hands a LF that completes a CRLF split across reads to the next
+        # event's raw (see _sse): around a dropped event, it goes with the event it ends.
+        if self._lf_is_dropped:
+            self._lf_is_dropped = False
+            if raw.startswith(b"\n"):
+                raw = raw[1:]
+        if event is None or _USAGE_KEY not in event.data:
+            return raw
         if is_usage_only_chunk(event.data):
-            return b""
-        return _without_usage(event) if self._every_chunk else event.raw
+            self._lf_is_dropped = raw.endswith(b"\r")
+            return b"\n" if raw.startswith(b"\n") else b""
+        return _without_usage(event) if self._every_chunk else raw
