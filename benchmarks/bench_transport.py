@@ -25,7 +25,9 @@ from importlib.metadata import version
 from typing import Any
 
 import httpx
+import httpx2
 import ollama
+import openai
 import orjson
 
 import revenium_ollama_transport as metering
@@ -92,6 +94,37 @@ def ollama_mock(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, headers=JSON_HEADERS, stream=Chunks([NON_STREAMED]))
 
 
+def sse_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-7",
+        "object": "chat.completion.chunk",
+        "created": 1735787045,
+        "model": "qwen2.5:0.5b",
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+SSE_STREAM = [
+    sse_chunk({"role": "assistant", "content": " tok"}),
+    *[sse_chunk({"content": " tok"})] * (STREAM_CHUNKS - 1),
+    sse_chunk({}, "stop"),
+]
+SSE_USAGE = (
+    b'data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":1735787045,'
+    b'"model":"qwen2.5:0.5b","system_fingerprint":"fp_ollama","choices":[],"usage":'
+    b'{"prompt_tokens":26,"completion_tokens":200,"total_tokens":226}}\n\n'
+)
+
+
+def openai_mock(request: httpx2.Request) -> httpx2.Response:
+    # As Ollama: the usage event only when the request asked for it.
+    events = [*SSE_STREAM, *([SSE_USAGE] if b"include_usage" in request.content else [])]
+    headers = {"content-type": "text/event-stream"}
+    return httpx2.Response(200, headers=headers, content=iter([*events, b"data: [DONE]\n\n"]))
+
+
 SMALL = [{"role": "user", "content": "Why is the sky blue?"}]
 LARGE = [{"role": "user", "content": "Summarise this: " + "lorem ipsum dolor sit amet " * 75}]
 
@@ -117,6 +150,32 @@ def scenarios(client: ollama.Client, methods: Methods) -> dict[str, Callable[[],
         "chat, 2 KB prompt": lambda: chat(client, model="qwen2.5:0.5b", messages=LARGE),
         f"chat streamed, {STREAM_CHUNKS} chunks": stream,
         "embed, 384 dims": lambda: embed(client, model="all-minilm", input="hello"),
+    }
+
+
+def openai_client(http: httpx2.Client) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://ollama.bench/v1/", api_key="ollama", http_client=http)
+
+
+def openai_scenario(client: openai.OpenAI) -> dict[str, Callable[[], object]]:
+    http: Any = client._client
+    body = {"model": "qwen2.5:0.5b", "messages": [], "stream": True}
+
+    def stream() -> None:
+        for _ in client.chat.completions.create(
+            model="qwen2.5:0.5b", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            pass
+
+    def raw() -> None:
+        # The same stream read as bytes: our cost without the SDK's (much larger) own.
+        with http.stream("POST", "http://ollama.bench/v1/chat/completions", json=body) as r:
+            for _ in r.iter_raw():
+                pass
+
+    return {
+        f"/v1 SSE bytes, {STREAM_CHUNKS} chunks": raw,
+        f"openai SDK stream, {STREAM_CHUNKS}": stream,
     }
 
 
@@ -151,16 +210,20 @@ def main() -> int:
     # metering installed by the import (transport wrapped in place, and the wrapper that
     # takes usage_metadata= and tags responses with their transaction id).
     mock = httpx.MockTransport(ollama_mock)
+    sse_mock = httpx2.MockTransport(openai_mock)
     metering.uninstall()
     plain_methods = Methods()
     baseline = ollama.Client(host="http://ollama.bench", transport=mock)
     transport = ollama.Client(host="http://ollama.bench", transport=ReveniumTransport(mock))
+    openai_baseline = openai_client(httpx2.Client(transport=sse_mock))
+    openai_transport = openai_client(httpx2.Client(transport=ReveniumTransport(sse_mock)))
     metering.install()
     installed = ollama.Client(host="http://ollama.bench", transport=mock)
+    openai_installed = openai_client(httpx2.Client(transport=sse_mock))
     contenders = {
-        "baseline": scenarios(baseline, plain_methods),
-        "transport": scenarios(transport, plain_methods),
-        "installed": scenarios(installed, Methods()),
+        "baseline": scenarios(baseline, plain_methods) | openai_scenario(openai_baseline),
+        "transport": scenarios(transport, plain_methods) | openai_scenario(openai_transport),
+        "installed": scenarios(installed, Methods()) | openai_scenario(openai_installed),
     }
 
     print(
@@ -193,7 +256,9 @@ def main() -> int:
         per_chunk: list[str] = []
         for name in contenders["baseline"]:
             calls = [(who, runs[name]) for who, runs in contenders.items()]
-            rounds = args.rounds if "streamed" not in name else max(50, args.rounds // 6)
+            rounds = args.rounds
+            if "stream" in name or "SSE" in name:
+                rounds = max(50, args.rounds // (60 if "SDK" in name else 6))
             for _ in range(min(200, rounds)):  # warm-up
                 for _, call in calls:
                     call()
@@ -210,10 +275,12 @@ def main() -> int:
                     f" | {median:9.1f} {median - base:+7.2f} {median / base:6.3f}"
                     f" {p95(times[who]):7.1f}"
                 )
-                if "streamed" in name:
-                    per_chunk.append(f"{who} {(median - base) / STREAM_CHUNKS:.3f} us")
+                if "stream" in name or "SSE" in name:
+                    per_chunk.append(
+                        f"{name.split(',')[0]}, {who} {(median - base) / STREAM_CHUNKS:.3f} us"
+                    )
             print(line)
-        print(f"\nadded per streamed chunk (call overhead included): {', '.join(per_chunk)}")
+        print("\nadded per streamed chunk (call overhead included): " + "; ".join(per_chunk))
         delivered = metering.flush(60.0)
         # Whole-process CPU (all threads, kernel included) for the same calls with and
         # without metering, the metered ones until their records are delivered: what the

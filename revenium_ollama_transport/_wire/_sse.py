@@ -11,10 +11,13 @@ and the raws of all returned events, concatenated, are the input (the bytes of a
 unfinished unit come out of ``finish()``). A unit with no ``data:`` line (which the spec
 does not dispatch) comes back with name None and empty data: nothing to act on.
 
-A CR that ends a read is a line end at once (waiting for the next read would hold the event
-back); when the next read starts with LF, that LF completes the CRLF and is the first
-byte of the next unit's raw. So names and data never depend on the read boundaries; only
-where such a LF lands does.
+A CR that ends a read is a line end whatever follows, so names and data never depend on
+the read boundaries. When it ends a blank line, the event is complete but the LF of its
+CRLF may still be on its way: if the stream's last CR line end was a CRLF, the event is
+held until the next read (or ``finish()``) so its raw takes that LF; in a CR-only stream it
+is returned at once rather than one read late. So with LF, CRLF or CR line ends each
+event's raw ends with its own line end, however the stream was split; only a stream that
+switches from CR to CRLF exactly there puts the LF at the head of the next unit's raw.
 
 Ollama writes each event as one read, ``data: {json}\\n\\n`` (``/v1/responses``:
 ``event: name\\ndata: {json}\\n\\n``); ``feed`` recognises those with a few byte checks,
@@ -64,7 +67,17 @@ def _name(value: bytes) -> str | None:
 class SSESplitter:
     """Feeds on reads of one event stream; returns each event as its blank line arrives."""
 
-    __slots__ = ("_after_cr", "_data", "_event", "_idle", "_line", "_raw", "_start")
+    __slots__ = (
+        "_after_cr",
+        "_crlf",
+        "_data",
+        "_event",
+        "_held",
+        "_idle",
+        "_line",
+        "_raw",
+        "_start",
+    )
 
     def __init__(self) -> None:
         self._raw: list[bytes] = []  # bytes of the unfinished unit, from earlier reads
@@ -72,6 +85,8 @@ class SSESplitter:
         self._data: list[bytes] | None = None  # data lines of the unfinished unit
         self._event: bytes | None = None  # its event name
         self._after_cr = False  # the last read ended with a CR: a LF next completes it
+        self._crlf = False  # the last CR line end seen was a CRLF
+        self._held: SSEEvent | None = None  # complete but for the LF it may still get
         self._start = True  # no line seen yet: the first may begin with a BOM
         self._idle = False  # nothing held: a read that is one whole event needs no scanning
 
@@ -100,12 +115,18 @@ class SSESplitter:
         return self._scan(data)
 
     def finish(self) -> SSEEvent | None:
-        """At end of stream: the unfinished unit, if any bytes are held, else None.
+        """At end of stream: what is held, if anything, else None.
 
-        The spec discards an event without its blank line; it is returned so the caller
-        can decide. A last line without a line end counts as a line. Its data is empty
-        when it had no ``data:`` line.
+        That is an event held for the LF of its CRLF, or the unfinished unit: the spec
+        discards an event without its blank line; it is returned so the caller can decide
+        (a last line without a line end counts as a line; data is empty without a
+        ``data:`` line).
         """
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._after_cr = False
+            return held  # nothing came after its CR, so nothing else is held
         if self._line:
             line = b"".join(self._line)
             self._line.clear()
@@ -125,12 +146,19 @@ class SSESplitter:
         size = len(data)
         if not size:
             return events
-        pos = 0
+        pos = unit_start = 0
         if self._after_cr:
             self._after_cr = False
-            if data[0] == 10:
+            self._crlf = data[0] == 10
+            if self._crlf:
                 pos = 1  # the LF of a CRLF split across reads
-        unit_start = 0
+            held = self._held
+            if held is not None:
+                self._held = None
+                if self._crlf:
+                    held = _new_event(SSEEvent, (held.name, held.data, held.raw + _LF))
+                    unit_start = 1
+                events.append(held)
         pieces = self._line
         lf = data.find(_LF, pos)
         cr = data.find(_CR, pos)
@@ -139,7 +167,8 @@ class SSESplitter:
             after = end + 1
             if end == cr:
                 if after < size:
-                    if data[after] == 10:
+                    self._crlf = data[after] == 10
+                    if self._crlf:
                         after += 1
                 else:
                     self._after_cr = True
@@ -165,8 +194,11 @@ class SSESplitter:
                 self._raw.append(raw)
                 raw = b"".join(self._raw)
                 self._raw.clear()
-            events.append(self._unit(raw))
             unit_start = after
+            if self._after_cr and self._crlf:
+                self._held = self._unit(raw)  # its LF is likely in the next read
+            else:
+                events.append(self._unit(raw))
         if pos < size:
             pieces.append(data[pos:])
         if unit_start < size:

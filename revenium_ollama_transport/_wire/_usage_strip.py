@@ -29,20 +29,37 @@ def _without_usage(event: SSEEvent) -> bytes:
 
 
 class UsageStripper:
-    __slots__ = ("_every_chunk", "_lf_is_dropped", "_splitter")
+    __slots__ = ("_every_chunk", "_lf_is_dropped", "_splitter", "_whole")
 
     def __init__(self, kind: str) -> None:
         self._splitter = SSESplitter()
         self._every_chunk = kind == "completion"
         # A dropped event ended with a CR: a LF opening the next raw completes its CRLF.
         self._lf_is_dropped = False
+        self._whole = True  # nothing held back: a read may pass without the splitter
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(
+        self,
+        data: bytes,
+        _prefix: bytes = b"data: ",
+        _tail: bytes = b"}]}\n\n",
+        _newline: bytes = b"\n",
+    ) -> bytes:
         """The bytes the caller gets for this read (possibly none yet)."""
+        # The common case, as Ollama sends it: one whole event per read, and a chunk that
+        # ends with its choices (Go writes "usage" after them, when there is one).
+        if (
+            self._whole
+            and data.startswith(_prefix)
+            and data.endswith(_tail)
+            and data.find(_newline) == len(data) - 2
+        ):
+            return data
         events = self._splitter.feed(data)
-        if len(events) == 1 and not self._lf_is_dropped and _USAGE_KEY not in events[0].data:
-            return events[0].raw  # the common case: one whole event, nothing to change
-        return b"".join(self._keep(event.raw, event) for event in events)
+        self._whole = self._splitter.at_boundary and not self._lf_is_dropped
+        kept = b"".join(self._keep(event.raw, event) for event in events)
+        self._whole = self._splitter.at_boundary and not self._lf_is_dropped
+        return kept
 
     def finish(self) -> bytes:
         """At the end of the stream: the bytes of an unfinished last event, as they came."""
