@@ -15,6 +15,7 @@ from . import _config, _log
 from ._delivery import dispatcher as _dispatcher
 from ._install import install, instrument, uninstall
 from ._metadata import MetadataError, usage_metadata
+from ._openai_client import async_openai_client, openai_client
 from ._sink import set_default_sink as _set_default_sink
 from ._stats import counters as _counters
 from ._transport import AsyncReveniumTransport, ReveniumTransport
@@ -25,10 +26,12 @@ __all__ = [
     "MetadataError",
     "ReveniumTransport",
     "__version__",
+    "async_openai_client",
     "configure",
     "flush",
     "install",
     "instrument",
+    "openai_client",
     "shutdown",
     "stats",
     "uninstall",

@@ -3,6 +3,7 @@ sync and async, against the simulator; records checked field by field."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -328,3 +329,19 @@ def test_upstream_openai_example_with_only_its_import_changed(
     assert record["organizationName"] == "acme-corp"
     assert record["operationType"] == "CHAT"
     assert json.loads(sim.requests[0].body)["model"] == "gemma2:2b"
+
+
+async def test_convenience_constructors(
+    sim: OllamaSimulator, metered: FakeMeteringAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", sim.host)
+    client = metering.openai_client(max_retries=0)
+    assert str(client.base_url) == f"{sim.url}/v1/"
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, usage_metadata={"agent": "s"})
+    async_client = metering.async_openai_client(base_url=f"{sim.url}/v1/")
+    await async_client.embeddings.create(model="m", input="x", usage_metadata={"agent": "a"})
+    await async_client.close()
+    mine = metering.openai_client(base_url=f"{sim.url}/v1/", http_client=httpx.Client())
+    mine.chat.completions.create(model=MODEL, messages=MESSAGES, usage_metadata={"agent": "h"})
+    found = await asyncio.to_thread(records, metered)
+    assert sorted(r["agent"] for r in found) == ["a", "h", "s"]
