@@ -175,3 +175,26 @@ def test_sse_stream_that_asked_for_usage_passes_chunk_for_chunk() -> None:
                 assert list(response.iter_raw()) == chunks
         [record] = sink.stable_wires()
         assert record["inputTokenCount"] == 5
+
+
+def test_a_server_that_sends_no_usage_is_recorded_with_zero_tokens_and_counted() -> None:
+    from revenium_ollama_transport._stats import counters
+
+    before = counters.get("stream_without_usage")
+    sink = RecordingSink()
+    assert stream_through([CHAT_SSE + DONE_SSE], sink, None) == CHAT_SSE + DONE_SSE
+    [record] = sink.stable_wires()
+    assert (record["inputTokenCount"], record["outputTokenCount"], record["stopReason"]) == (
+        0,
+        0,
+        "END",
+    )
+    assert counters.get("stream_without_usage") == before + 1
+
+
+def test_a_stream_cut_before_done_is_an_error_read_to_the_end() -> None:
+    sink = RecordingSink()
+    stream_through([CHAT_SSE], sink, {"include_usage": True})
+    [record] = sink.stable_wires()
+    assert record["stopReason"] == "ERROR"
+    assert record["outputTokenCount"] == 2  # the content chunks that arrived
