@@ -345,3 +345,95 @@ async def test_convenience_constructors(
     mine.chat.completions.create(model=MODEL, messages=MESSAGES, usage_metadata={"agent": "h"})
     found = await asyncio.to_thread(records, metered)
     assert sorted(r["agent"] for r in found) == ["a", "h", "s"]
+
+
+ROUTE_CALLS: dict[str, Any] = {
+    "chat": lambda c, s: c.chat.completions.create(model=MODEL, messages=MESSAGES, stream=s),
+    "completion": lambda c, s: c.completions.create(model=MODEL, prompt="x", stream=s),
+    "response": lambda c, s: c.responses.create(model=MODEL, input="x", stream=s),
+}
+OPERATIONS = {"chat": "CHAT", "completion": "GENERATE", "response": "CHAT"}
+
+
+@pytest.mark.parametrize("route", sorted(ROUTE_CALLS))
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_route_streamed_or_not_on_both_families(
+    sim: OllamaSimulator, metered: FakeMeteringAPI, family: str, route: str, stream: bool
+) -> None:
+    sim.reply = SimulatedReply(tokens=["p", "q", "r"], prompt_eval_count=13)
+    result = ROUTE_CALLS[route](sdk(sim, family), stream)
+    if stream:
+        list(result)
+    record = the_record(metered)
+    assert record["operationType"] == OPERATIONS[route]
+    assert (record["isStreamed"], record["stopReason"]) == (stream, "END")
+    assert (record["inputTokenCount"], record["outputTokenCount"]) == (13, 3)
+    assert record["totalTokenCount"] == 16
+    assert record["model"] == MODEL
+    assert record["retryNumber"] == 0
+
+
+@pytest.mark.parametrize("route", sorted(ROUTE_CALLS))
+async def test_every_route_streamed_async(
+    sim: OllamaSimulator, metered: FakeMeteringAPI, route: str
+) -> None:
+    sim.reply = SimulatedReply(tokens=["p", "q"], prompt_eval_count=6)
+    client: Any = openai.AsyncOpenAI(
+        base_url=f"{sim.url}/v1/",
+        api_key="ollama",
+        http_client=httpx2.AsyncClient(transport=AsyncReveniumTransport()),
+    )
+    stream = await ROUTE_CALLS[route](client, True)
+    assert [event async for event in stream]
+    await client.close()
+    [record] = await asyncio.to_thread(records, metered)
+    assert (record["operationType"], record["isStreamed"]) == (OPERATIONS[route], True)
+    assert (record["inputTokenCount"], record["outputTokenCount"]) == (6, 2)
+
+
+def test_blocks_and_the_header_work_for_the_sdk_too(
+    sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    client = sdk(sim, "httpx2")
+    with metering.usage_metadata(trace_id="block"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            extra_headers={"X-Revenium-Metadata": '{"agent": "from-header"}'},
+        )
+    record = the_record(metered)
+    assert (record["traceId"], record["agent"]) == ("block", "from-header")
+    assert "x-revenium-metadata" not in sim.requests[0].headers
+
+
+def test_everything_else_works_without_httpx2(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    script = tmp_path / "no_httpx2.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            sys.modules["httpx2"] = None  # as if it were not installed
+            import ollama
+            import revenium_ollama_transport as metering
+            print(ollama.chat(model="m", messages=[])._revenium_transaction_id)
+            metering.flush()
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_"))}
+    env.update(
+        OLLAMA_HOST=sim.host, REVENIUM_METERING_API_KEY=API_KEY, REVENIUM_METERING_BASE_URL=api.url
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [record] = api.wait_for_records(1)
+    assert record["transactionId"] == done.stdout.strip()
