@@ -53,16 +53,28 @@ def _feed_failed(observation: CallObservation) -> None:
 
 
 class _SyncTee:
-    """Yields the inner stream's chunks unchanged, showing each to the observation."""
+    """Yields the inner stream's chunks unchanged, showing each to the observation.
 
-    def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
+    With a ``stripper`` (see ``_wire._usage_strip``) it also takes out the usage event the
+    caller did not ask for, and bytes then pass event by event instead of read by read.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        observation: CallObservation,
+        feed: Feed,
+        stripper: UsageStripper | None = None,
+    ) -> None:
         self._inner = inner
         self._observation = observation
         self._feed = feed
+        self._stripper = stripper
 
     def __iter__(self) -> Iterator[bytes]:
         observation = self._observation
         feed = self._feed
+        stripper = self._stripper
         try:
             for chunk in self._inner:
                 try:
@@ -71,7 +83,14 @@ class _SyncTee:
                 except Exception:
                     _feed_failed(observation)
                     feed = ignore_bytes
-                yield chunk
+                if stripper is None:
+                    yield chunk
+                else:
+                    passed = stripper.feed(chunk)
+                    if passed:
+                        yield passed
+            if stripper is not None and (tail := stripper.finish()):
+                yield tail
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
@@ -89,14 +108,22 @@ class _SyncTee:
 
 
 class _AsyncTee:
-    def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        observation: CallObservation,
+        feed: Feed,
+        stripper: UsageStripper | None = None,
+    ) -> None:
         self._inner = inner
         self._observation = observation
         self._feed = feed
+        self._stripper = stripper
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         observation = self._observation
         feed = self._feed
+        stripper = self._stripper
         try:
             async for chunk in self._inner:
                 try:
@@ -105,7 +132,14 @@ class _AsyncTee:
                 except Exception:
                     _feed_failed(observation)
                     feed = ignore_bytes
-                yield chunk
+                if stripper is None:
+                    yield chunk
+                else:
+                    passed = stripper.feed(chunk)
+                    if passed:
+                        yield passed
+            if stripper is not None and (tail := stripper.finish()):
+                yield tail
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
@@ -121,71 +155,10 @@ class _AsyncTee:
         _end(self._observation, ENDED_CLOSED)
 
 
-class _SyncStripTee(_SyncTee):
-    """A tee that also takes out the usage event the caller did not ask for (see
-    ``_wire._usage_strip``): bytes pass event by event instead of read by read."""
-
-    def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
-        super().__init__(inner, observation, feed)
-        self._stripper = UsageStripper(observation.route.kind)
-
-    def __iter__(self) -> Iterator[bytes]:
-        observation = self._observation
-        feed = self._feed
-        strip = self._stripper.feed
-        try:
-            for chunk in self._inner:
-                try:
-                    if feed(chunk):
-                        feed = observation.first_token()
-                except Exception:
-                    _feed_failed(observation)
-                    feed = ignore_bytes
-                passed = strip(chunk)
-                if passed:
-                    yield passed
-            tail = self._stripper.finish()
-            if tail:
-                yield tail
-        except BaseException as exc:
-            _end(observation, ENDED_RAISED, exc)
-            raise
-        _end(observation, ENDED_EOF)
-
-
-class _AsyncStripTee(_AsyncTee):
-    def __init__(self, inner: Any, observation: CallObservation, feed: Feed) -> None:
-        super().__init__(inner, observation, feed)
-        self._stripper = UsageStripper(observation.route.kind)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        observation = self._observation
-        feed = self._feed
-        strip = self._stripper.feed
-        try:
-            async for chunk in self._inner:
-                try:
-                    if feed(chunk):
-                        feed = observation.first_token()
-                except Exception:
-                    _feed_failed(observation)
-                    feed = ignore_bytes
-                passed = strip(chunk)
-                if passed:
-                    yield passed
-            tail = self._stripper.finish()
-            if tail:
-                yield tail
-        except BaseException as exc:
-            _end(observation, ENDED_RAISED, exc)
-            raise
-        _end(observation, ENDED_EOF)
-
-
 class _Family:
     """An HTTP library family (httpx or httpx2): its module and our tee types for it."""
 
-    __slots__ = ("async_strip_tee", "async_tee", "module", "sync_strip_tee", "sync_tee")
+    __slots__ = ("async_tee", "module", "sync_tee")
 
     def __init__(self, module_name: str) -> None:
         self.module: Any = importlib.import_module(module_name)
@@ -193,12 +166,6 @@ class _Family:
         self.sync_tee: type[_SyncTee] = type("SyncTee", (_SyncTee, self.module.SyncByteStream), {})
         self.async_tee: type[_AsyncTee] = type(
             "AsyncTee", (_AsyncTee, self.module.AsyncByteStream), {}
-        )
-        self.sync_strip_tee: type[_SyncTee] = type(
-            "SyncStripTee", (_SyncStripTee, self.module.SyncByteStream), {}
-        )
-        self.async_strip_tee: type[_AsyncTee] = type(
-            "AsyncStripTee", (_AsyncStripTee, self.module.AsyncByteStream), {}
         )
 
 
@@ -318,23 +285,19 @@ def _openai_request(
     return forward, metadata
 
 
-def _tee(
-    observation: CallObservation,
-    response: Any,
-    tee_type: type[_SyncTee | _AsyncTee],
-    strip_type: type[_SyncTee | _AsyncTee],
-) -> None:
+def _tee(observation: CallObservation, response: Any, tee_type: type[_SyncTee | _AsyncTee]) -> None:
     """Puts the tee around the response's body; on any failure, leaves the response be."""
     try:
         feed = _response_started(observation, response)
         if feed is None:
             return
+        stripper = None
         if observation.usage_injected and observation.parser is not None:
             if observation.content_encoding is None:
-                tee_type = strip_type
+                stripper = UsageStripper(observation.route.kind)
             else:  # compressed bytes cannot be cut at events: let the usage event through
                 counters.add("usage_event_not_removed")
-        response.stream = tee_type(response.stream, observation, feed)
+        response.stream = tee_type(response.stream, observation, feed, stripper)
     except Exception:
         internal_failure("response")
 
@@ -427,7 +390,7 @@ class ReveniumTransport(_SyncBase):
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
-        _tee(observation, response, family.sync_tee, family.sync_strip_tee)
+        _tee(observation, response, family.sync_tee)
         return response
 
     def close(self) -> None:
@@ -456,7 +419,7 @@ class AsyncReveniumTransport(_AsyncBase):
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
-        _tee(observation, response, family.async_tee, family.async_strip_tee)
+        _tee(observation, response, family.async_tee)
         return response
 
     async def aclose(self) -> None:

@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 import warnings
@@ -31,6 +30,7 @@ from revenium_ollama_transport import ReveniumTransport, _config, usage_metadata
 from revenium_ollama_transport._delivery import dispatcher, parse_retry_after
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, ReceivedMetering
 
+from ._processes import run_python
 from .conftest import API_KEY
 
 LOGGER = "revenium_ollama_transport"
@@ -644,23 +644,13 @@ def run_child(
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_"))
-    }
-    environment.update(
-        REVENIUM_METERING_API_KEY=API_KEY,
-        REVENIUM_METERING_BASE_URL=base_url or api.url,
-        REVENIUM_LOG_LEVEL="WARNING",
+        "REVENIUM_METERING_API_KEY": API_KEY,
+        "REVENIUM_METERING_BASE_URL": base_url or api.url,
+        "REVENIUM_LOG_LEVEL": "WARNING",
         **env,
-    )
+    }
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(script), sim.url],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_python(script, environment, sim.url, timeout=30)
     return done, time.monotonic() - started
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from revenium_ollama_transport.testing import OllamaSimulator
+
+from ._processes import run_python
 
 DEMO = Path(__file__).parent.parent / "examples" / "demo.py"
 
@@ -16,16 +15,7 @@ DEMO = Path(__file__).parent.parent / "examples" / "demo.py"
 def test_demo_meters_the_getting_started_call() -> None:
     with OllamaSimulator() as gone:  # a port where nothing answers
         nowhere = gone.url
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_"))}
-    env["OLLAMA_HOST"] = nowhere
-    done = subprocess.run(
-        [sys.executable, str(DEMO)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(DEMO, {"OLLAMA_HOST": nowhere})
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "using the bundled simulator" in out

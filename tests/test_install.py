@@ -5,8 +5,6 @@ and the ollama client's behaviour otherwise unchanged."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -25,6 +23,7 @@ from revenium_ollama_transport._install import _instrumented
 from revenium_ollama_transport._transport import AsyncReveniumTransport, ReveniumTransport
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, SimulatedReply
 
+from ._processes import run_python
 from ._upstream import UPSTREAM_METADATA
 from .conftest import API_KEY
 
@@ -56,23 +55,15 @@ def run_script(
     """Runs ``source`` in a fresh interpreter pointed at ``sim`` and ``api``; its stdout lines."""
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_"))
-    }
-    environment.update(
-        OLLAMA_HOST=sim.host,
-        REVENIUM_METERING_API_KEY=API_KEY,
-        REVENIUM_METERING_BASE_URL=api.url,
-        **env,
-    )
-    done = subprocess.run(
-        [sys.executable, str(script)],
+    done = run_python(
+        script,
+        {
+            "OLLAMA_HOST": sim.host,
+            "REVENIUM_METERING_API_KEY": API_KEY,
+            "REVENIUM_METERING_BASE_URL": api.url,
+            **env,
+        },
         cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()

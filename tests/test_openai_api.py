@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import revenium_ollama_transport as metering
 from revenium_ollama_transport import AsyncReveniumTransport, ReveniumTransport
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, SimulatedReply
 
+from ._processes import run_python
 from ._upstream import UPSTREAM_METADATA
 from .conftest import API_KEY
 
@@ -313,15 +311,8 @@ def test_upstream_openai_example_with_only_its_import_changed(
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OPENAI_"))}
-    env.update(REVENIUM_METERING_API_KEY=API_KEY, REVENIUM_METERING_BASE_URL=api.url)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_python(
+        script, {"REVENIUM_METERING_API_KEY": API_KEY, "REVENIUM_METERING_BASE_URL": api.url}
     )
     assert done.returncode == 0, done.stderr
     assert "ChatCompletion(" in done.stdout
@@ -422,17 +413,13 @@ def test_everything_else_works_without_httpx2(
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_"))}
-    env.update(
-        OLLAMA_HOST=sim.host, REVENIUM_METERING_API_KEY=API_KEY, REVENIUM_METERING_BASE_URL=api.url
-    )
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_python(
+        script,
+        {
+            "OLLAMA_HOST": sim.host,
+            "REVENIUM_METERING_API_KEY": API_KEY,
+            "REVENIUM_METERING_BASE_URL": api.url,
+        },
     )
     assert done.returncode == 0, done.stderr
     [record] = api.wait_for_records(1)
