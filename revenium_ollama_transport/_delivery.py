@@ -129,7 +129,8 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self._queue: deque[CallObservation] = deque()
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler may flush while the main thread holds it.
+        self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -241,10 +242,14 @@ class Dispatcher:
             logger.warning("shutdown: %d metering records were not delivered in time", left)
         return delivered and left == 0
 
+    def shutdown_on_signal(self) -> None:
+        """Delivery before a SIGTERM / SIGINT takes its course (see ``_signals``)."""
+        self.shutdown(self._settings.shutdown_timeout)
+
     def after_fork_in_child(self) -> None:
         """The parent delivers what it had queued; the child starts afresh."""
         self._queue.clear()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._thread = None
         self._loop = None

@@ -1,4 +1,5 @@
-"""Metering with no code change: wiring into ``ollama``, undone exactly by ``uninstall``.
+"""Metering with no code change: wiring into ``ollama`` (and ``openai``, and the SIGTERM /
+SIGINT handlers that deliver before the process goes), undone exactly by ``uninstall``.
 
 ``install`` wraps the transport of every ``ollama.Client`` / ``AsyncClient`` made after
 it (and of the client behind ``ollama.chat`` and friends) in place, so whatever the user
@@ -16,7 +17,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-from . import _sink
+from . import _signals, _sink
+from ._delivery import dispatcher
 from ._import_hook import AfterImport
 from ._install_openai import install_openai
 from ._metadata import as_layer, check
@@ -258,12 +260,14 @@ def install() -> bool:
             _install_openai()
         else:
             _openai_hook.install()
+        _signals.install(dispatcher.shutdown_on_signal)
         return True
 
 
 def uninstall() -> None:
     """Undoes ``install`` and every ``instrument``: each patched object is as it was."""
     with _lock:
+        _signals.uninstall()
         _openai_hook.remove()
         while _patches:
             owner, name, original = _patches.pop()

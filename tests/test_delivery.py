@@ -11,8 +11,10 @@ from __future__ import annotations
 import email.utils
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 import warnings
@@ -775,3 +777,55 @@ def test_forked_child_meters_its_own_calls_and_not_the_parents(
     )
     assert set(stored_answers) == {r["transactionId"] for r in records}
     assert set(stored_answers.values()) == {1}, stored_answers
+
+
+SIGNAL_CHILD = """
+import os, signal, sys
+import ollama
+{before}
+import revenium_ollama_transport
+client = ollama.Client(host=sys.argv[1])
+for _ in range(5):
+    client.chat(model="m", messages=[])
+print("ready", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+print("after the signal", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX")
+@pytest.mark.parametrize("app_handler", [False, True])
+def test_sigterm_delivers_then_does_what_the_signal_would_have_done(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI, app_handler: bool
+) -> None:
+    before = ""
+    if app_handler:
+        before = (
+            "signal.signal(signal.SIGTERM, lambda s, f: (print('app handler', flush=True), "
+            "sys.exit(3)))"
+        )
+    script = tmp_path / "child.py"
+    script.write_text(SIGNAL_CHILD.format(before=before))
+    done = run_python(
+        script,
+        {"REVENIUM_METERING_API_KEY": API_KEY, "REVENIUM_METERING_BASE_URL": api.url},
+        sim.url,
+    )
+    assert "ready" in done.stdout, done.stderr
+    assert len(api.wait_for_records(5)) == 5  # delivered before the process went
+    if app_handler:
+        assert "app handler" in done.stdout
+        assert done.returncode == 3
+    else:
+        assert done.returncode == -signal.SIGTERM  # the default action, as without us
+        assert "after the signal" not in done.stdout
+
+
+def test_uninstall_puts_the_signal_handlers_back() -> None:
+    installed = signal.getsignal(signal.SIGTERM)
+    metering.uninstall()
+    try:
+        assert signal.getsignal(signal.SIGTERM) is not installed
+    finally:
+        metering.install()
+    assert signal.getsignal(signal.SIGTERM) is not None
