@@ -12,6 +12,7 @@ import logging as _logging
 from typing import Any
 
 from . import _config, _log
+from ._delivery import DeliveryError
 from ._delivery import dispatcher as _dispatcher
 from ._install import install, instrument, uninstall
 from ._metadata import MetadataError, usage_metadata
@@ -23,6 +24,7 @@ from ._version import __version__
 
 __all__ = [
     "AsyncReveniumTransport",
+    "DeliveryError",
     "MetadataError",
     "ReveniumTransport",
     "__version__",
@@ -50,7 +52,8 @@ def configure(**settings: Any) -> None:
     """Overrides settings read from the environment, e.g. ``configure(api_key="hak_...",
     base_url="https://api.revenium.ai")``. Names: ``api_key``, ``base_url``,
     ``queue_size``, ``max_in_flight``, ``request_timeout``, ``max_attempts``,
-    ``max_retry_wait``, ``shutdown_timeout``."""
+    ``max_retry_wait``, ``shutdown_timeout``, ``on_delivery_error`` (called with a
+    ``DeliveryError`` for each record not delivered)."""
     _config.set_overrides(**settings)
     _dispatcher.settings_changed()
 
@@ -66,9 +69,11 @@ def shutdown(timeout: float | None = 5.0) -> bool:
     return _dispatcher.shutdown(timeout)
 
 
-def stats() -> dict[str, int]:
+def stats() -> dict[str, float]:
     """Counters: ``recorded``, ``delivered``, ``retried``, ``dropped.<reason>``,
-    ``failed.<status>``, ``internal_errors``, and ``queued`` (waiting right now)."""
-    snapshot = _counters.snapshot()
+    ``failed.<status>``, ``internal_errors``; ``queued`` (waiting right now); and
+    ``oldest_undelivered_seconds``, how long the oldest of those has waited."""
+    snapshot: dict[str, float] = dict(_counters.snapshot())
     snapshot["queued"] = _dispatcher.queued()
+    snapshot["oldest_undelivered_seconds"] = round(_dispatcher.oldest_age(), 3)
     return snapshot

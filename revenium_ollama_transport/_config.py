@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,11 +22,13 @@ class Settings:
     api_key: str | None = None
     base_url: str | None = DEFAULT_BASE_URL  # normalised; None when the given one is unusable
     queue_size: int = 10_000
-    max_in_flight: int = 32
+    max_in_flight: int = 64
     request_timeout: float = 10.0
     max_attempts: int = 6
     max_retry_wait: float = 30.0
     shutdown_timeout: float = 5.0
+    # Called in the delivery thread with a DeliveryError for each record not delivered.
+    on_delivery_error: Callable[[Any], object] | None = None
 
     @property
     def endpoint(self) -> str | None:

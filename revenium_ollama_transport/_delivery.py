@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -124,6 +125,17 @@ def _wait(max_wait: float) -> Callable[[RetryCallState], float]:
     return wait
 
 
+@dataclass(frozen=True)
+class DeliveryError:
+    """What ``on_delivery_error`` is told about a record that was not delivered."""
+
+    transaction_id: str
+    reason: str  # "refused" (the API said no), "retries_exhausted", "internal_error"
+    status: int | None  # the HTTP status of the last answer, when there was one
+    message: str
+    record: dict[str, Any]
+
+
 class Dispatcher:
     """Owns the queue and the delivery thread. One per process (re-made after fork)."""
 
@@ -141,6 +153,7 @@ class Dispatcher:
         self._in_flight = 0
         self._settings = _config.Settings()
         self._settings_stale = True
+        self._since: dict[str, float] = {}  # records in hand -> when their call ended
         self._listeners: list[RecordListener] = []
         self._warned: set[str] = set()
         self._last_overflow_warning = 0.0
@@ -316,7 +329,8 @@ class Dispatcher:
                     # Counted before it leaves the queue, so that flush() in another thread
                     # never sees it in neither place.
                     self._in_flight += 1
-                    record = self._record(queue.popleft())
+                    observation = queue.popleft()
+                    record = self._record(observation)
                     if record is None:
                         with self._idle:
                             self._in_flight -= 1
@@ -327,6 +341,7 @@ class Dispatcher:
                         slot_freed.clear()
                         await slot_freed.wait()
                         self._refresh_settings()
+                    self._since[record.transaction_id] = observation.mono_end or time.perf_counter()
                     task = asyncio.create_task(self._deliver(senders, record))
                     tasks.add(task)
                     task.add_done_callback(done)
@@ -397,6 +412,12 @@ class Dispatcher:
             logger.warning(message, *args)
 
     async def _deliver(self, senders: _Senders, record: MeteringRecord) -> None:
+        try:
+            await self._send(senders, record)
+        finally:
+            self._since.pop(record.transaction_id, None)
+
+    async def _send(self, senders: _Senders, record: MeteringRecord) -> None:
         settings = self._settings
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("metering record %s", orjson.dumps(_redacted(record.wire)).decode())
@@ -445,8 +466,10 @@ class Dispatcher:
                 settings.max_attempts,
                 exc,
             )
+            self._tell(record, "retries_exhausted", None, str(exc))
         except _Permanent as exc:
             counters.add(f"failed.{exc.status}")
+            self._tell(record, "refused", exc.status, str(exc))
             if exc.status in (401, 403):
                 self._warn_once(
                     f"auth-{exc.status}",
@@ -465,8 +488,31 @@ class Dispatcher:
         except Exception:
             internal_failure("deliver")
             counters.add("dropped.internal_error")
+            self._tell(record, "internal_error", None, "see the debug log")
         else:
             counters.add("delivered")
+
+    def _tell(self, record: MeteringRecord, reason: str, status: int | None, message: str) -> None:
+        callback = self._settings.on_delivery_error
+        if callback is None:
+            return
+        try:
+            callback(DeliveryError(record.transaction_id, reason, status, message, record.wire))
+        except Exception:
+            logger.debug("on_delivery_error raised", exc_info=True)
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest record not yet delivered (or given up on) ended; 0 if
+        there is none."""
+        now = time.perf_counter()
+        oldest = now
+        with contextlib.suppress(IndexError):  # the queue may empty under us
+            ended = self._queue[0].mono_end
+            if ended is not None:
+                oldest = ended
+        for since in list(self._since.values()):
+            oldest = min(oldest, since)
+        return max(0.0, now - oldest)
 
 
 class _Senders:

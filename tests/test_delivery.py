@@ -56,7 +56,7 @@ def chat(c: ollama.Client, model: str = MODEL) -> None:
 
 
 def stat(name: str) -> int:
-    return metering.stats().get(name, 0)
+    return int(metering.stats().get(name, 0))
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -829,3 +829,29 @@ def test_uninstall_puts_the_signal_handlers_back() -> None:
     finally:
         metering.install()
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_on_delivery_error_is_told_about_each_record_not_delivered(
+    sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    told: list[metering.DeliveryError] = []
+    metering.configure(on_delivery_error=told.append)
+    metered.respond_with(422, body={"message": "unknown model"})
+    chat(client(sim))
+    assert metering.flush(10.0)
+    [error] = told
+    assert (error.reason, error.status) == ("refused", 422)
+    assert "unknown model" in error.message
+    assert error.record["transactionId"] == error.transaction_id
+
+
+def test_stats_tell_the_age_of_the_oldest_undelivered_record(
+    sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    assert metering.stats()["oldest_undelivered_seconds"] == 0
+    metering.configure(request_timeout=5.0)
+    metered.set_mode("hang")
+    chat(client(sim))
+    wait_until(lambda: len(metered.received) >= 1 or metered.mode == "hang", 5.0, "a request")
+    wait_until(lambda: metering.stats()["oldest_undelivered_seconds"] > 0.2, 5.0, "an aging record")
+    metered.set_mode("normal")
