@@ -66,6 +66,7 @@ class FakeMeteringAPI(_LoopbackServer):
         super().__init__()
         self.expected_api_key = expected_api_key  # when set, other x-api-key values get 401
         self.allow_unknown_fields = allow_unknown_fields  # else an unlisted field gets 400
+        self.latency = 0.0  # seconds to wait before answering each request, as a remote API
         self._cond = threading.Condition()
         self._mode: Mode = "normal"
         self._canned: deque[_Canned] = deque()
@@ -201,6 +202,9 @@ class FakeMeteringAPI(_LoopbackServer):
             exchange.abort()
             return
 
+        if self.latency and not exchange.sleep(self.latency):
+            exchange.abort()
+            return
         if not request.route.endswith(_ENDPOINT_SUFFIX):
             self._refuse(exchange, log, 404, "not_found", f"no endpoint at {request.route}")
             return
