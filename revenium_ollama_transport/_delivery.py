@@ -406,10 +406,12 @@ class Dispatcher:
                 counters.add("retried")
                 await once()
 
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
+    def _warn_once(
+        self, key: str, message: str, *args: object, level: int = logging.WARNING
+    ) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            logger.warning(message, *args)
+            logger.log(level, message, *args)
 
     async def _deliver(self, senders: _Senders, record: MeteringRecord) -> None:
         try:
@@ -477,6 +479,7 @@ class Dispatcher:
                     "(HTTP %d: %s); check REVENIUM_METERING_API_KEY",
                     exc.status,
                     exc,
+                    level=logging.ERROR,
                 )
             else:
                 logger.warning(
