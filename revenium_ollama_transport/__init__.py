@@ -48,13 +48,17 @@ except ImportError:  # no usable ollama: the transports still work on their own
     _logging.getLogger(__name__).debug("ollama not importable; nothing installed", exc_info=True)
 
 
-def configure(**settings: Any) -> None:
+def configure(*, reset: bool = False, **settings: Any) -> None:
     """Overrides settings read from the environment, e.g. ``configure(api_key="hak_...",
     base_url="https://api.revenium.ai")``. Names: ``api_key``, ``base_url``,
     ``queue_size``, ``max_in_flight``, ``request_timeout``, ``max_attempts``,
     ``max_retry_wait``, ``shutdown_timeout``, ``on_delivery_error`` (called with a
-    ``DeliveryError`` for each record not delivered)."""
-    _config.set_overrides(**settings)
+    ``DeliveryError`` for each record not delivered). ``reset=True`` first drops every
+    earlier override, so that the environment rules again (between tests, say)."""
+    if reset:
+        _config.clear_overrides()
+    if settings:
+        _config.set_overrides(**settings)
     _dispatcher.settings_changed()
 
 

@@ -29,10 +29,10 @@ from ._observation import (
     last_sync_call,
 )
 from ._stats import internal_failure
+from ._tagging import TRANSACTION_ATTRIBUTE, tag, transaction_id_between
 from ._transport import AsyncReveniumTransport, ReveniumTransport
 
 METERED_METHODS = ("chat", "generate", "embed", "embeddings")
-TRANSACTION_ATTRIBUTE = "_revenium_transaction_id"
 
 _lock = threading.RLock()
 # (owner, attribute name, original value), in the order they were patched.
@@ -75,20 +75,6 @@ def instrument(client: Any) -> Any:
     return client
 
 
-def _transaction_id(before: CallObservation | None, after: CallObservation | None) -> str | None:
-    """The id of the call made between two looks at the last observation, if it made one."""
-    return None if after is None or after is before else after.transaction_id
-
-
-def _tag(response: Any, transaction_id: str | None) -> None:
-    if transaction_id is not None:
-        try:  # noqa: SIM105 - on every call: suppress() would cost a context manager
-            # Past pydantic's __setattr__ (5x slower): the attribute stays out of dumps.
-            object.__setattr__(response, TRANSACTION_ATTRIBUTE, transaction_id)
-        except (AttributeError, TypeError):
-            pass
-
-
 def _layer(usage_metadata: object) -> Mapping[str, Any] | None:
     layer = as_layer(usage_metadata)
     if layer:
@@ -109,8 +95,8 @@ def _tagged_stream(
         finally:
             if token is not None:
                 call_metadata.reset(token)
-        transaction_id = _transaction_id(before, last_sync_call.observation)
-        _tag(first, transaction_id)
+        transaction_id = transaction_id_between(before, last_sync_call.observation)
+        tag(first, transaction_id)
         yield first
         if transaction_id is None:
             yield from parts
@@ -141,11 +127,11 @@ async def _tagged_async_stream(
         finally:
             if token is not None:
                 call_metadata.reset(token)
-        transaction_id = _transaction_id(before, last_async_call.get())
-        _tag(first, transaction_id)
+        transaction_id = transaction_id_between(before, last_async_call.get())
+        tag(first, transaction_id)
         yield first
         async for part in parts:
-            _tag(part, transaction_id)
+            tag(part, transaction_id)
             yield part
     finally:
         aclose = getattr(parts, "aclose", None)
@@ -198,7 +184,7 @@ def _async_method(original: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             if token is not None:
                 call_metadata.reset(token)
-        _tag(result, _transaction_id(before, last_async_call.get()))
+        tag(result, transaction_id_between(before, last_async_call.get()))
         return result
 
     return metered

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._metadata import as_layer, check
-from ._observation import call_metadata
+from ._observation import call_metadata, last_async_call, last_sync_call
+from ._tagging import tag, transaction_id_between
 from ._transport import AsyncReveniumTransport, ReveniumTransport
 
 logger = logging.getLogger("revenium_ollama_transport")
@@ -72,13 +73,18 @@ def _sync_create(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def create(self: Any, *args: Any, usage_metadata: Any = None, **kwargs: Any) -> Any:
         layer = None if usage_metadata is None else _take_metadata(self, usage_metadata)
-        if layer is None:
-            return original(self, *args, **kwargs)
-        token = call_metadata.set(layer)  # the SDK sends the request within create()
+        before = last_sync_call.observation
+        # The SDK sends the request (and its own retries) within create().
+        token = call_metadata.set(layer) if layer is not None else None
         try:
-            return original(self, *args, **kwargs)
+            result = original(self, *args, **kwargs)
         finally:
-            call_metadata.reset(token)
+            if token is not None:
+                call_metadata.reset(token)
+        # The response (for a stream, the Stream object) tells its transaction id: the
+        # last attempt's, when the SDK retried.
+        tag(result, transaction_id_between(before, last_sync_call.observation))
+        return result
 
     return create
 
@@ -87,13 +93,15 @@ def _async_create(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     async def create(self: Any, *args: Any, usage_metadata: Any = None, **kwargs: Any) -> Any:
         layer = None if usage_metadata is None else _take_metadata(self, usage_metadata)
-        if layer is None:
-            return await original(self, *args, **kwargs)
-        token = call_metadata.set(layer)
+        before = last_async_call.get()
+        token = call_metadata.set(layer) if layer is not None else None
         try:
-            return await original(self, *args, **kwargs)
+            result = await original(self, *args, **kwargs)
         finally:
-            call_metadata.reset(token)
+            if token is not None:
+                call_metadata.reset(token)
+        tag(result, transaction_id_between(before, last_async_call.get()))
+        return result
 
     return create
 

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 import revenium_ollama_transport as metering
-from revenium_ollama_transport import _config
-from revenium_ollama_transport._delivery import dispatcher
 from revenium_ollama_transport._stats import counters
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
 
@@ -35,5 +33,4 @@ def metered(api: FakeMeteringAPI) -> Iterator[FakeMeteringAPI]:
     metering.configure(api_key=API_KEY, base_url=api.url, max_retry_wait=0.05)
     yield api
     metering.flush(10.0)
-    _config.clear_overrides()
-    dispatcher.settings_changed()
+    metering.configure(reset=True)

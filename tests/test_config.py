@@ -85,3 +85,15 @@ def test_configure_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_configure_rejects_unknown_names() -> None:
     with pytest.raises(TypeError, match="unknown settings: colour"):
         _config.set_overrides(colour="blue")
+
+
+def test_configure_reset_lets_the_environment_rule_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import revenium_ollama_transport as metering
+
+    monkeypatch.setenv("REVENIUM_METERING_API_KEY", "hak_env")
+    metering.configure(api_key="hak_code", max_attempts=2)
+    assert (_config.current().api_key, _config.current().max_attempts) == ("hak_code", 2)
+    metering.configure(reset=True, max_attempts=3)
+    assert (_config.current().api_key, _config.current().max_attempts) == ("hak_env", 3)
+    metering.configure(reset=True)
+    assert _config.current().max_attempts == _config.Settings.max_attempts

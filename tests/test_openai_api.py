@@ -424,3 +424,32 @@ def test_everything_else_works_without_httpx2(
     assert done.returncode == 0, done.stderr
     [record] = api.wait_for_records(1)
     assert record["transactionId"] == done.stdout.strip()
+
+
+def test_sdk_responses_carry_their_transaction_id(
+    sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    sim.queue(SimulatedReply(status=503, error="busy"))
+    client = sdk(sim, "httpx2", max_retries=1)
+    response = client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    list(stream)
+    by_id = {r["transactionId"]: r for r in records(metered)}
+    assert by_id[response._revenium_transaction_id]["retryNumber"] == 1  # the last attempt
+    assert by_id[stream._revenium_transaction_id]["isStreamed"] is True
+    assert "_revenium_transaction_id" not in response.model_dump()
+    assert "_revenium_transaction_id" not in response.model_dump_json()
+
+
+async def test_async_sdk_responses_carry_their_transaction_id(
+    sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    client: Any = openai.AsyncOpenAI(
+        base_url=f"{sim.url}/v1/",
+        api_key="ollama",
+        http_client=httpx2.AsyncClient(transport=AsyncReveniumTransport()),
+    )
+    response = await client.embeddings.create(model="m", input="x")
+    await client.close()
+    [record] = await asyncio.to_thread(records, metered)
+    assert response._revenium_transaction_id == record["transactionId"]
