@@ -27,6 +27,8 @@ class Settings:
     max_attempts: int = 6
     max_retry_wait: float = 30.0
     shutdown_timeout: float = 5.0
+    spool_dir: str | None = None  # REVENIUM_SPOOL_DIR: None for the default, "off" for none
+    spool_max_mb: float = 100.0
     # Called in the delivery thread with a DeliveryError for each record not delivered.
     on_delivery_error: Callable[[Any], object] | None = None
 
@@ -95,6 +97,8 @@ def from_environment() -> Settings:
         api_key=key,
         base_url=base,
         shutdown_timeout=_float_env("REVENIUM_SHUTDOWN_TIMEOUT", Settings.shutdown_timeout),
+        spool_dir=os.environ.get("REVENIUM_SPOOL_DIR") or None,
+        spool_max_mb=_float_env("REVENIUM_SPOOL_MAX_MB", Settings.spool_max_mb),
     )
 
 

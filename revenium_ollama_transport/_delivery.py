@@ -36,6 +36,7 @@ from ._http import Reply, Sender, SendError, sender_for
 from ._log import secret_filter
 from ._observation import CallObservation
 from ._record import MeteringRecord, build_record
+from ._spool import Claim, Spool, SpooledRecord
 from ._stats import counters, internal_failure
 
 logger = logging.getLogger("revenium_ollama_transport")
@@ -154,6 +155,11 @@ class Dispatcher:
         self._settings = _config.Settings()
         self._settings_stale = True
         self._since: dict[str, float] = {}  # records in hand -> when their call ended
+        self._spool: Spool | None = None
+        self._abandon = False  # shutdown's deadline passed: spool what is left and stop
+        self._replaying: asyncio.Task[None] | None = None
+        self._senders: _Senders | None = None
+        self._spool_key: tuple[str | None, float] | None = None
         self._listeners: list[RecordListener] = []
         self._warned: set[str] = set()
         self._last_overflow_warning = 0.0
@@ -244,10 +250,11 @@ class Dispatcher:
         delivered = self.flush(timeout)
         thread = self._thread
         self._stopping = True
+        self._abandon = not delivered
         self._urgent = True
         self._call_in_loop(self._set_wake)
         if thread is not None and thread is not threading.current_thread():
-            thread.join(1.0 if timeout is None else max(0.1, min(1.0, timeout)))
+            thread.join(2.0)
         left = len(self._queue) + self._in_flight
         if left:
             self._queue.clear()
@@ -270,6 +277,10 @@ class Dispatcher:
         self._asleep = False
         self._in_flight = 0
         self._settings_stale = True
+        self._spool = None  # the child opens its own, with its own lock
+        self._spool_key = None
+        self._replaying = None
+        self._senders = None
 
     # --- the thread's side ------------------------------------------------------------
 
@@ -301,10 +312,16 @@ class Dispatcher:
         ):
             self._warned.clear()  # a new key or URL deserves its own warnings
         self._settings = settings
+        spool_key = (settings.spool_dir, settings.spool_max_mb)
+        if self._loop is not None and spool_key != self._spool_key:
+            self._spool_key = spool_key  # (re)opened in the delivery thread only
+            self._spool = self._open_spool()
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._spool_key = None
+        self._settings_stale = True
         self._refresh_settings()
         senders = _Senders()
         tasks: set[asyncio.Task[None]] = set()
@@ -320,9 +337,15 @@ class Dispatcher:
             if self._stopping and not tasks:
                 self._set_wake()
 
+        self._abandon = False
+        self._senders = senders
+        self._start_replay(senders)
         try:
             queue = self._queue
             while True:
+                if self._abandon:
+                    await self._give_up(tasks)
+                    return
                 self._refresh_settings()
                 while queue:
                     _ids.replenish(below=_ids.RESERVE // 2)  # a busy stretch: keep ids ready
@@ -362,7 +385,92 @@ class Dispatcher:
                 if not self._urgent:
                     await asyncio.sleep(_LINGER)
         finally:
+            if self._replaying is not None:
+                self._replaying.cancel()
             await senders.aclose()
+
+    def _open_spool(self) -> Spool | None:
+        try:
+            return Spool.open(self._settings.spool_dir, self._settings.spool_max_mb)
+        except Exception:
+            internal_failure("spool")
+            return None
+
+    async def _give_up(self, tasks: set[asyncio.Task[None]]) -> None:
+        """The exit deadline has passed: what is in hand goes to the spool (or is counted
+        as dropped without one), so that the next process delivers it."""
+        spooled, dropped = counters.get("spooled"), counters.get("dropped.shutdown")
+        for task in list(tasks):
+            task.cancel()  # each one spools its record as it is cancelled
+        await asyncio.gather(*tasks, return_exceptions=True)
+        left: list[SpooledRecord] = []
+        while self._queue:
+            record = self._record(self._queue.popleft())
+            if record is not None:
+                left.append(SpooledRecord(record.transaction_id, orjson.dumps(record.wire)))
+        if left:
+            self._keep(left, "shutdown")
+        spooled = counters.get("spooled") - spooled
+        dropped = counters.get("dropped.shutdown") - dropped
+        if spooled:
+            logger.info("shutdown: %d metering records spooled for later delivery", spooled)
+        if dropped:
+            logger.warning(
+                "shutdown: %d metering records were not delivered in time, and no spool "
+                "keeps them (REVENIUM_SPOOL_DIR)",
+                dropped,
+            )
+
+    def _start_replay(self, senders: _Senders) -> None:
+        if self._spool is not None and self._replaying is None and not self._stopping:
+            self._replaying = asyncio.create_task(self._replay(senders))
+
+    async def _replay(self, senders: _Senders) -> None:
+        """Delivers what the spool holds, oldest first, with this process's own records;
+        backs off while the API keeps failing. Runs until the spool is empty."""
+        spool = self._spool
+        pause = 1.0
+        try:
+            while spool is not None and not self._stopping:
+                claims = spool.claim(max(1, self._settings.max_in_flight))
+                if not claims:
+                    return
+                slots = asyncio.Semaphore(max(1, self._settings.max_in_flight))
+                settled = await asyncio.gather(
+                    *(self._replay_claim(senders, spool, claim, slots) for claim in claims)
+                )
+                if all(settled):
+                    pause = 1.0
+                    continue
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 60.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            internal_failure("replay")
+        finally:
+            self._replaying = None
+
+    async def _replay_claim(
+        self, senders: _Senders, spool: Spool, claim: Claim, slots: asyncio.Semaphore
+    ) -> bool:
+        async def one(record: SpooledRecord) -> bool:
+            async with slots:
+                later = await self._send(senders, record.transaction_id, record.body, None)
+            if later is None:
+                counters.add("replayed")
+            return later is None
+
+        try:
+            results = await asyncio.gather(*(one(record) for record in claim.records))
+        except BaseException:
+            spool.release(claim)
+            raise
+        if all(results):
+            spool.finish(claim)
+            return True
+        spool.release(claim)  # some were not delivered: all of it waits for the next try
+        return False
 
     def _record(self, observation: CallObservation) -> MeteringRecord | None:
         try:
@@ -414,15 +522,26 @@ class Dispatcher:
             logger.log(level, message, *args)
 
     async def _deliver(self, senders: _Senders, record: MeteringRecord) -> None:
+        body = orjson.dumps(record.wire)
         try:
-            await self._send(senders, record)
+            later = await self._send(senders, record.transaction_id, body, record.wire)
+        except asyncio.CancelledError:  # the process is ending: the spool keeps it
+            self._keep([SpooledRecord(record.transaction_id, body)], "shutdown")
+            raise
         finally:
             self._since.pop(record.transaction_id, None)
+        if later is not None:
+            self._keep([SpooledRecord(record.transaction_id, body)], "retries_exhausted", later)
 
-    async def _send(self, senders: _Senders, record: MeteringRecord) -> None:
+    async def _send(
+        self, senders: _Senders, transaction_id: str, body: bytes, wire: dict[str, Any] | None
+    ) -> str | None:
+        """Delivers one record; returns None when it is settled (delivered, refused, or
+        dropped for good), or the reason it should be tried again later."""
         settings = self._settings
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("metering record %s", orjson.dumps(_redacted(record.wire)).decode())
+            shown = wire if wire is not None else orjson.loads(body)
+            logger.debug("metering record %s", orjson.dumps(_redacted(shown)).decode())
         if not settings.api_key:
             counters.add("dropped.no_api_key")
             self._warn_once(
@@ -430,7 +549,7 @@ class Dispatcher:
                 "REVENIUM_METERING_API_KEY is not set: metering records "
                 "are not sent (the calls themselves are unaffected)",
             )
-            return
+            return None
         endpoint = settings.endpoint
         if endpoint is None:
             counters.add("dropped.invalid_base_url")
@@ -439,13 +558,12 @@ class Dispatcher:
                 "REVENIUM_METERING_BASE_URL is not usable: metering "
                 "records are not sent (see the error logged when it was read)",
             )
-            return
+            return None
         sender = senders.get(endpoint, settings)
-        body = orjson.dumps(record.wire)
         headers = {
             "content-type": "application/json",
             "x-api-key": settings.api_key,
-            "idempotency-key": record.transaction_id,
+            "idempotency-key": transaction_id,
         }
 
         async def once() -> None:
@@ -461,17 +579,10 @@ class Dispatcher:
             except _Transient as first:
                 await self._retry(once, first, settings)
         except _Transient as exc:
-            counters.add("dropped.retries_exhausted")
-            logger.warning(
-                "metering record %s not delivered after %d attempts: %s",
-                record.transaction_id,
-                settings.max_attempts,
-                exc,
-            )
-            self._tell(record, "retries_exhausted", None, str(exc))
+            return f"not delivered after {settings.max_attempts} attempts: {exc}"
         except _Permanent as exc:
             counters.add(f"failed.{exc.status}")
-            self._tell(record, "refused", exc.status, str(exc))
+            self._tell(transaction_id, body, wire, "refused", exc.status, str(exc))
             if exc.status in (401, 403):
                 self._warn_once(
                     f"auth-{exc.status}",
@@ -483,24 +594,49 @@ class Dispatcher:
                 )
             else:
                 logger.warning(
-                    "metering record %s refused (HTTP %d): %s",
-                    record.transaction_id,
-                    exc.status,
-                    exc,
+                    "metering record %s refused (HTTP %d): %s", transaction_id, exc.status, exc
                 )
         except Exception:
             internal_failure("deliver")
             counters.add("dropped.internal_error")
-            self._tell(record, "internal_error", None, "see the debug log")
+            self._tell(transaction_id, body, wire, "internal_error", None, "see the debug log")
         else:
             counters.add("delivered")
+        return None
 
-    def _tell(self, record: MeteringRecord, reason: str, status: int | None, message: str) -> None:
+    def _keep(self, records: list[SpooledRecord], reason: str, message: str = "") -> None:
+        """Records to deliver later: into the spool, or dropped (counted, told) without one."""
+        spool = self._spool
+        if spool is not None:
+            evicted = spool.put(records)
+            if evicted >= 0:
+                counters.add("spooled", len(records))
+                if evicted:
+                    counters.add("dropped.spool_full", evicted)
+                if self._senders is not None:
+                    self._start_replay(self._senders)  # delivered once the API is back
+                return
+        counters.add(f"dropped.{reason}", len(records))
+        for record in records:
+            if message:
+                logger.warning("metering record %s %s", record.transaction_id, message)
+            self._tell(record.transaction_id, record.body, None, reason, None, message or reason)
+
+    def _tell(
+        self,
+        transaction_id: str,
+        body: bytes,
+        wire: dict[str, Any] | None,
+        reason: str,
+        status: int | None,
+        message: str,
+    ) -> None:
         callback = self._settings.on_delivery_error
         if callback is None:
             return
         try:
-            callback(DeliveryError(record.transaction_id, reason, status, message, record.wire))
+            record = wire if wire is not None else orjson.loads(body)
+            callback(DeliveryError(transaction_id, reason, status, message, record))
         except Exception:
             logger.debug("on_delivery_error raised", exc_info=True)
 

@@ -22,6 +22,8 @@ def run_python(
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_", "OPENAI_"))
     }
+    # No test leaves records in the user's own spool unless it names one.
+    environment.setdefault("REVENIUM_SPOOL_DIR", "off")
     environment.update(env)
     return subprocess.run(
         [sys.executable, str(script), *args],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,9 @@ from revenium_ollama_transport._stats import counters
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
 
 API_KEY = "hak_test_0123456789"
+
+# Tests that want a spool name one (in a temporary directory); none writes to the user's.
+os.environ["REVENIUM_SPOOL_DIR"] = "off"
 
 
 @pytest.fixture

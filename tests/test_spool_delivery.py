@@ -1,0 +1,99 @@
+"""Delivery with a spool: what cannot be delivered now is delivered later, by this process
+or the next one, once each (real processes, the fake metering API, one spool directory)."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ollama
+
+import revenium_ollama_transport as metering
+from revenium_ollama_transport import ReveniumTransport
+from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
+
+from ._processes import run_python
+from .conftest import API_KEY
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import ollama
+    import revenium_ollama_transport as metering
+    client = ollama.Client(host=sys.argv[1])
+    for _ in range(int(sys.argv[2])):
+        client.chat(model="m", messages=[])
+    print(metering.stats(), flush=True)
+    """
+)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Polls a condition (the delivery thread's counters have no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout}s: {what}; stats={metering.stats()}")
+        time.sleep(0.01)
+
+
+def child(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI, calls: int, **env: str
+) -> str:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    done = run_python(
+        script,
+        {
+            "REVENIUM_METERING_API_KEY": API_KEY,
+            "REVENIUM_METERING_BASE_URL": api.url,
+            "REVENIUM_SPOOL_DIR": str(tmp_path / "spool"),
+            **env,
+        },
+        sim.url,
+        str(calls),
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_records_left_at_exit_are_delivered_by_the_next_process_once(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    api.set_mode("hang")
+    child(tmp_path, sim, api, 12, REVENIUM_SHUTDOWN_TIMEOUT="0.5")
+    assert api.records == []
+    assert any((tmp_path / "spool").rglob("*")), "nothing was spooled"
+    api.set_mode("normal")
+    child(tmp_path, sim, api, 3)
+    stored = api.wait_for_records(15, timeout=20.0)
+    assert len({r["transactionId"] for r in stored}) == 15
+    assert len(stored) == 15
+
+
+def test_an_outage_spools_and_the_same_process_delivers_once_it_is_over(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    metering.configure(spool_dir=str(tmp_path / "spool"), max_attempts=2, max_retry_wait=0.05)
+    metered.set_mode("down")
+    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+    for _ in range(5):
+        client.chat(model="m", messages=[])
+    wait_until(lambda: metering.stats().get("spooled", 0) >= 5, 20.0, "5 records spooled")
+    assert metering.stats().get("dropped.retries_exhausted", 0) == 0
+    metered.set_mode("normal")
+    stored = metered.wait_for_records(5, timeout=30.0)
+    assert len({r["transactionId"] for r in stored}) == 5
+    wait_until(lambda: metering.stats().get("replayed", 0) >= 5, 10.0, "5 replayed")
+
+
+def test_without_a_spool_an_outage_drops_and_counts(
+    sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    metering.configure(spool_dir="off", max_attempts=2, max_retry_wait=0.05)
+    metered.set_mode("down")
+    ollama.Client(host=sim.url, transport=ReveniumTransport()).chat(model="m", messages=[])
+    wait_until(lambda: metering.stats().get("dropped.retries_exhausted", 0) == 1, 20.0, "dropped")
+    assert metering.stats().get("spooled", 0) == 0
