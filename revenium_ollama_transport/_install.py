@@ -29,7 +29,7 @@ from ._observation import (
     last_sync_call,
 )
 from ._stats import internal_failure
-from ._tagging import TRANSACTION_ATTRIBUTE, tag, transaction_id_between
+from ._tagging import TRANSACTION_ATTRIBUTE, call_tagged_async, tag, transaction_id_between
 from ._transport import AsyncReveniumTransport, ReveniumTransport
 
 METERED_METHODS = ("chat", "generate", "embed", "embeddings")
@@ -174,18 +174,11 @@ def _async_method(original: Callable[..., Any]) -> Callable[..., Any]:
     async def metered(
         self: Any, *args: Any, usage_metadata: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> Any:
-        before = last_async_call.get()
         layer = None if usage_metadata is None else _layer(usage_metadata)
         if kwargs.get("stream"):
+            before = last_async_call.get()
             return _tagged_async_stream(await original(self, *args, **kwargs), before, layer)
-        token = call_metadata.set(layer) if layer is not None else None
-        try:
-            result = await original(self, *args, **kwargs)
-        finally:
-            if token is not None:
-                call_metadata.reset(token)
-        tag(result, transaction_id_between(before, last_async_call.get()))
-        return result
+        return await call_tagged_async(lambda: original(self, *args, **kwargs), layer)
 
     return metered
 

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._metadata import as_layer, check
-from ._observation import call_metadata, last_async_call, last_sync_call
-from ._tagging import tag, transaction_id_between
+from ._tagging import call_tagged, call_tagged_async
 from ._transport import AsyncReveniumTransport, ReveniumTransport
 
 logger = logging.getLogger("revenium_ollama_transport")
@@ -70,21 +69,12 @@ def _take_metadata(resource: Any, usage_metadata: object) -> Any:
 
 
 def _sync_create(original: Callable[..., Any]) -> Callable[..., Any]:
+    # The SDK sends the request, and its own retries, within create(); what it returns (for
+    # a stream, the Stream) carries the last attempt's transaction id.
     @functools.wraps(original)
     def create(self: Any, *args: Any, usage_metadata: Any = None, **kwargs: Any) -> Any:
         layer = None if usage_metadata is None else _take_metadata(self, usage_metadata)
-        before = last_sync_call.observation
-        # The SDK sends the request (and its own retries) within create().
-        token = call_metadata.set(layer) if layer is not None else None
-        try:
-            result = original(self, *args, **kwargs)
-        finally:
-            if token is not None:
-                call_metadata.reset(token)
-        # The response (for a stream, the Stream object) tells its transaction id: the
-        # last attempt's, when the SDK retried.
-        tag(result, transaction_id_between(before, last_sync_call.observation))
-        return result
+        return call_tagged(lambda: original(self, *args, **kwargs), layer)
 
     return create
 
@@ -93,15 +83,7 @@ def _async_create(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     async def create(self: Any, *args: Any, usage_metadata: Any = None, **kwargs: Any) -> Any:
         layer = None if usage_metadata is None else _take_metadata(self, usage_metadata)
-        before = last_async_call.get()
-        token = call_metadata.set(layer) if layer is not None else None
-        try:
-            result = await original(self, *args, **kwargs)
-        finally:
-            if token is not None:
-                call_metadata.reset(token)
-        tag(result, transaction_id_between(before, last_async_call.get()))
-        return result
+        return await call_tagged_async(lambda: original(self, *args, **kwargs), layer)
 
     return create
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ._observation import CallObservation
+from ._observation import CallObservation, call_metadata, last_async_call, last_sync_call
 
 TRANSACTION_ATTRIBUTE = "_revenium_transaction_id"
 
@@ -23,3 +24,31 @@ def tag(response: Any, transaction_id: str | None) -> None:
             object.__setattr__(response, TRANSACTION_ATTRIBUTE, transaction_id)
         except (AttributeError, TypeError):
             pass
+
+
+def call_tagged(call: Callable[[], Any], layer: Mapping[str, Any] | None) -> Any:
+    """Makes a sync client call with ``layer`` as its own metadata; tags what it returns."""
+    before = last_sync_call.observation
+    token = call_metadata.set(layer) if layer is not None else None
+    try:
+        result = call()
+    finally:
+        if token is not None:
+            call_metadata.reset(token)
+    tag(result, transaction_id_between(before, last_sync_call.observation))
+    return result
+
+
+async def call_tagged_async(
+    call: Callable[[], Awaitable[Any]], layer: Mapping[str, Any] | None
+) -> Any:
+    """The asyncio counterpart of ``call_tagged`` (the observation is per task there)."""
+    before = last_async_call.get()
+    token = call_metadata.set(layer) if layer is not None else None
+    try:
+        result = await call()
+    finally:
+        if token is not None:
+            call_metadata.reset(token)
+    tag(result, transaction_id_between(before, last_async_call.get()))
+    return result

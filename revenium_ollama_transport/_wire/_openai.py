@@ -367,6 +367,18 @@ class OpenAIParser:
             return
         self._handle(name, data, True)
 
+    def _object(self, name: str | None, data: bytes, defer: bool) -> dict[str, Any] | None:
+        """The event's JSON object, or None when it was set aside for ``resolve()`` or is
+        not an object (counted; an ``error`` event's text is still taken as the error)."""
+        if self._defer(name, data, defer):
+            return None
+        obj = _loads(data)
+        if obj is None:
+            self.malformed += 1
+            if name == "error":
+                self._take_error(data.decode("utf-8", "replace"), None, None)
+        return obj
+
     def _defer(self, name: str | None, data: bytes, defer: bool) -> bool:
         """Keeps a large event past the first token (and all after it) for resolve()."""
         if defer and self.first_token_seen and len(data) > DEFER_SIZE:
@@ -393,13 +405,8 @@ class OpenAIParser:
         if data == _DONE:
             self.completed = True
             return
-        if self._defer(name, data, defer):
-            return
-        obj = _loads(data)
+        obj = self._object(name, data, defer)
         if obj is None:
-            self.malformed += 1
-            if name == "error":
-                self._take_error(data.decode("utf-8", "replace"), None, None)
             return
         if name == "error" or obj.get("error") is not None:
             self._error_object(obj)
@@ -588,13 +595,8 @@ class OpenAIParser:
                 return
         elif name != "error":
             return  # content_part, output_text.done, ...: nothing a record needs
-        if self._defer(name, data, defer):
-            return
-        obj = _loads(data)
+        obj = self._object(name, data, defer)
         if obj is None:
-            self.malformed += 1
-            if name == "error":
-                self._take_error(data.decode("utf-8", "replace"), None, None)
             return
         self._response_parsed(name, obj)
 
