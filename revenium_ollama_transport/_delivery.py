@@ -137,6 +137,25 @@ class DeliveryError:
     record: dict[str, Any]
 
 
+class _Batch:
+    """Records taken from the queue together, and the spool file written for them."""
+
+    __slots__ = ("claim", "failed", "items", "pending", "spool")
+
+    def __init__(
+        self, items: list[tuple[MeteringRecord, bytes]], spool: Spool | None, claim: Claim | None
+    ) -> None:
+        self.items = items
+        self.spool = spool
+        self.claim = claim
+        self.pending = len(items)
+        self.failed = 0
+
+
+# The most records one batch takes from the queue, and so one spool file holds.
+_BATCH = 512
+
+
 class Dispatcher:
     """Owns the queue and the delivery thread. One per process (re-made after fork)."""
 
@@ -159,6 +178,7 @@ class Dispatcher:
         self._abandon = False  # shutdown's deadline passed: spool what is left and stop
         self._replaying: asyncio.Task[None] | None = None
         self._senders: _Senders | None = None
+        self._slot_freed: asyncio.Event | None = None
         self._spool_key: tuple[str | None, float] | None = None
         self._listeners: list[RecordListener] = []
         self._warned: set[str] = set()
@@ -192,6 +212,8 @@ class Dispatcher:
     def _set_wake(self) -> None:
         if self._wake is not None:
             self._wake.set()
+        if self._abandon and self._slot_freed is not None:
+            self._slot_freed.set()  # a drain waiting for a free slot must stop waiting
 
     def _call_in_loop(self, callback: Callable[[], None]) -> None:
         loop = self._loop
@@ -325,7 +347,7 @@ class Dispatcher:
         self._refresh_settings()
         senders = _Senders()
         tasks: set[asyncio.Task[None]] = set()
-        slot_freed = asyncio.Event()
+        slot_freed = self._slot_freed = asyncio.Event()
 
         def done(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
@@ -348,26 +370,26 @@ class Dispatcher:
                     return
                 self._refresh_settings()
                 while queue:
-                    _ids.replenish(below=_ids.RESERVE // 2)  # a busy stretch: keep ids ready
-                    # Counted before it leaves the queue, so that flush() in another thread
-                    # never sees it in neither place.
-                    self._in_flight += 1
-                    observation = queue.popleft()
-                    record = self._record(observation)
-                    if record is None:
-                        with self._idle:
-                            self._in_flight -= 1
-                            self._idle.notify_all()
-                        continue
-                    # The limit is read each time: configure() may change it at any moment.
-                    while len(tasks) >= max(1, self._settings.max_in_flight):
-                        slot_freed.clear()
-                        await slot_freed.wait()
-                        self._refresh_settings()
-                    self._since[record.transaction_id] = observation.mono_end or time.perf_counter()
-                    task = asyncio.create_task(self._deliver(senders, record))
-                    tasks.add(task)
-                    task.add_done_callback(done)
+                    # What is queued now goes as one batch: built, written ahead to the spool
+                    # (from here on, a process killed even with SIGKILL loses none of it),
+                    # then sent.
+                    batch = self._write_ahead(self._take_batch())
+                    for index, (record, body) in enumerate(batch.items):
+                        # The limit is read each time: configure() may change it any time.
+                        while len(tasks) >= max(1, self._settings.max_in_flight):
+                            if self._abandon:
+                                break
+                            slot_freed.clear()
+                            await slot_freed.wait()
+                            self._refresh_settings()
+                        if self._abandon:  # the exit deadline passed while this batch waited
+                            self._unsent(batch, batch.items[index:])
+                            break
+                        task = asyncio.create_task(self._deliver(senders, record, body, batch))
+                        tasks.add(task)
+                        task.add_done_callback(done)
+                    if self._abandon:
+                        break
                 _ids.replenish()  # between batches: the calls to come find their ids ready
                 if self._stopping and not tasks:
                     return
@@ -521,17 +543,78 @@ class Dispatcher:
             self._warned.add(key)
             logger.log(level, message, *args)
 
-    async def _deliver(self, senders: _Senders, record: MeteringRecord) -> None:
-        body = orjson.dumps(record.wire)
+    def _take_batch(self) -> list[MeteringRecord]:
+        records: list[MeteringRecord] = []
+        queue = self._queue
+        while queue and len(records) < _BATCH:
+            _ids.replenish(below=_ids.RESERVE // 2)  # a busy stretch: keep ids ready
+            # Counted before it leaves the queue, so that flush() in another thread never
+            # sees it in neither place.
+            self._in_flight += 1
+            observation = queue.popleft()
+            record = self._record(observation)
+            if record is None:
+                with self._idle:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
+                continue
+            self._since[record.transaction_id] = observation.mono_end or time.perf_counter()
+            records.append(record)
+        return records
+
+    def _write_ahead(self, records: list[MeteringRecord]) -> _Batch:
+        items = [(record, orjson.dumps(record.wire)) for record in records]
+        spool = self._spool
+        claim = None
+        if spool is not None and items:
+            written = [SpooledRecord(record.transaction_id, body) for record, body in items]
+            claim, evicted = spool.put_claimed(written)
+            if evicted > 0:
+                counters.add("dropped.spool_full", evicted)
+        return _Batch(items, spool if claim is not None else None, claim)
+
+    def _settle(self, batch: _Batch, delivered: bool) -> None:
+        """One of the batch's records is done with; the last one decides its file's fate."""
+        batch.pending -= 1
+        if not delivered:
+            batch.failed += 1
+        if batch.pending or batch.spool is None or batch.claim is None:
+            return
+        if batch.failed:
+            batch.spool.release(batch.claim)  # waits in the spool for a later try
+            counters.add("spooled", batch.failed)
+            if self._senders is not None:
+                self._start_replay(self._senders)
+        else:
+            batch.spool.finish(batch.claim)
+
+    def _unsent(self, batch: _Batch, items: list[tuple[MeteringRecord, bytes]]) -> None:
+        """Records of a batch never sent, the exit deadline having passed."""
+        with self._idle:
+            self._in_flight -= len(items)
+            self._idle.notify_all()
+        for record, body in items:
+            self._since.pop(record.transaction_id, None)
+            if batch.claim is None:
+                self._keep([SpooledRecord(record.transaction_id, body)], "shutdown")
+            self._settle(batch, delivered=False)
+
+    async def _deliver(
+        self, senders: _Senders, record: MeteringRecord, body: bytes, batch: _Batch
+    ) -> None:
+        written = batch.claim is not None  # already on disk: settling tells its file's fate
         try:
             later = await self._send(senders, record.transaction_id, body, record.wire)
         except asyncio.CancelledError:  # the process is ending: the spool keeps it
-            self._keep([SpooledRecord(record.transaction_id, body)], "shutdown")
+            if not written:
+                self._keep([SpooledRecord(record.transaction_id, body)], "shutdown")
+            self._settle(batch, delivered=False)
             raise
         finally:
             self._since.pop(record.transaction_id, None)
-        if later is not None:
+        if later is not None and not written:
             self._keep([SpooledRecord(record.transaction_id, body)], "retries_exhausted", later)
+        self._settle(batch, delivered=later is None)
 
     async def _send(
         self, senders: _Senders, transaction_id: str, body: bytes, wire: dict[str, Any] | None

@@ -374,25 +374,37 @@ class Spool:
         """Writes the records as one new file. Returns how many older records were deleted
         to keep the spool within its size (the caller counts them as dropped), or -1 when
         the records could not be written (one warning; the caller keeps them)."""
+        return self._write(records, claimed=False)[1]
+
+    def put_claimed(self, records: Sequence[SpooledRecord]) -> tuple[Claim | None, int]:
+        """Writes the records as one new file already claimed by this process (records on
+        their way out, written ahead in case the process dies): ``finish`` it once they
+        are delivered, ``release`` it for a later try. Returns the claim (None when the
+        file could not be written) and, as ``put``, how many older records were deleted."""
+        return self._write(records, claimed=True)
+
+    def _write(self, records: Sequence[SpooledRecord], claimed: bool) -> tuple[Claim | None, int]:
         if not records:
-            return 0
+            return None, 0
         data = b"".join(map(_line, records))
         with self._lock:
             try:
                 owner = self._ensure_owner()
                 tmp = self._write_tmp(owner, data)
                 name = f"{time.time_ns():020d}-{owner}-{self._seq:06d}{_SUFFIX}"
+                path = self.directory / (f"{name}{_CLAIMED}{owner}" if claimed else name)
                 try:
-                    os.rename(tmp, self.directory / name)
+                    os.rename(tmp, path)
                 except OSError:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
                     raise
             except OSError as exc:
                 self._warn_io("write", exc)
-                return -1
+                return None, -1
             self._failing = False
-            return self._enforce_bound()
+            claim = Claim(list(records), path, name, owner) if claimed else None
+            return claim, self._enforce_bound()
 
     def _enforce_bound(self) -> int:
         try:

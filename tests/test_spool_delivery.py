@@ -3,6 +3,7 @@ or the next one, once each (real processes, the fake metering API, one spool dir
 
 from __future__ import annotations
 
+import signal
 import textwrap
 import time
 from collections.abc import Callable
@@ -97,3 +98,46 @@ def test_without_a_spool_an_outage_drops_and_counts(
     ollama.Client(host=sim.url, transport=ReveniumTransport()).chat(model="m", messages=[])
     wait_until(lambda: metering.stats().get("dropped.retries_exhausted", 0) == 1, 20.0, "dropped")
     assert metering.stats().get("spooled", 0) == 0
+
+
+KILLED_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    import ollama
+    import revenium_ollama_transport as metering
+    client = ollama.Client(host=sys.argv[1])
+    calls = int(sys.argv[2])
+    for _ in range(calls):
+        client.chat(model="m", messages=[])
+    spool = Path(os.environ["REVENIUM_SPOOL_DIR"])
+    deadline = time.monotonic() + 20
+    # Wait (a condition, not a delay) for the records to be written ahead, then die hard.
+    while time.monotonic() < deadline:
+        lines = sum(p.read_bytes().count(b"\\n") for p in spool.glob("*.claimed-*"))
+        if lines >= calls:
+            break
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_records_written_ahead_survive_sigkill(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    api.set_mode("hang")  # nothing can be delivered before the kill
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_CHILD)
+    env = {
+        "REVENIUM_METERING_API_KEY": API_KEY,
+        "REVENIUM_METERING_BASE_URL": api.url,
+        "REVENIUM_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    killed = run_python(script, env, sim.url, "8")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert api.records == []
+    api.set_mode("normal")
+    child(tmp_path, sim, api, 1)  # a new process with the same spool
+    stored = api.wait_for_records(9, timeout=20.0)
+    assert len({r["transactionId"] for r in stored}) == 9
