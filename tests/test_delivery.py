@@ -533,8 +533,11 @@ def test_queue_overflow_drops_with_one_warning_and_calls_succeed(
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(30):
             chat(c)  # each call returns its answer
-    # Held: one request in flight, one record waiting for its slot, five in the queue.
-    assert stat("dropped.queue_full") >= 30 - 7
+    # Held: five in the queue, one request in flight, and the rest of the batch the delivery
+    # thread had taken from the queue (and written ahead) when the API stopped answering:
+    # the records taken together in the first moments, a handful at most.
+    assert stat("dropped.queue_full") >= 30 - 10
+    assert metering.stats()["queued"] <= 10
     full = [r for r in our_logs(caplog) if "queue is full" in r.getMessage()]
     assert len(full) == 1, [r.getMessage() for r in full]
     api.set_mode("normal")
@@ -543,7 +546,7 @@ def test_queue_overflow_drops_with_one_warning_and_calls_succeed(
         timeout=10.0,
         what="every call either stored or counted as dropped",
     )
-    assert 1 <= len(api.records) <= 7
+    assert 1 <= len(api.records) <= 10
     assert stat("delivered") == len(api.records)
 
 
