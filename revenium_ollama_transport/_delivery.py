@@ -56,6 +56,14 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
+class _Parked(Exception):
+    """An outage: a record already in the spool waits there instead of being sent."""
+
+
+# Transient failures in a row that make an outage.
+_OUTAGE_AFTER = 3
+
+
 class _Permanent(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -179,6 +187,11 @@ class Dispatcher:
         self._replaying: asyncio.Task[None] | None = None
         self._senders: _Senders | None = None
         self._slot_freed: asyncio.Event | None = None
+        # The API's state as all deliveries see it: after a few transient failures in a row
+        # it is an outage, and records written ahead wait in the spool instead of each
+        # retrying on its own; the spool's replay probes, one request at a time.
+        self._failures_in_a_row = 0
+        self._outage = False
         self._spool_key: tuple[str | None, float] | None = None
         self._listeners: list[RecordListener] = []
         self._warned: set[str] = set()
@@ -301,6 +314,8 @@ class Dispatcher:
         self._settings_stale = True
         self._spool = None  # the child opens its own, with its own lock
         self._spool_key = None
+        self._failures_in_a_row = 0
+        self._outage = False
         self._replaying = None
         self._senders = None
 
@@ -454,7 +469,7 @@ class Dispatcher:
         pause = 1.0
         try:
             while spool is not None and not self._stopping:
-                claims = spool.claim(max(1, self._settings.max_in_flight))
+                claims = spool.claim(1 if self._outage else max(1, self._settings.max_in_flight))
                 if not claims:
                     return
                 slots = asyncio.Semaphore(max(1, self._settings.max_in_flight))
@@ -484,7 +499,10 @@ class Dispatcher:
             return later is None
 
         try:
-            results = await asyncio.gather(*(one(record) for record in claim.records))
+            # The first record alone: during an outage it is the probe, one at a time.
+            results = [await one(claim.records[0])]
+            if results[0]:
+                results += await asyncio.gather(*(one(r) for r in claim.records[1:]))
         except BaseException:
             spool.release(claim)
             raise
@@ -604,7 +622,9 @@ class Dispatcher:
     ) -> None:
         written = batch.claim is not None  # already on disk: settling tells its file's fate
         try:
-            later = await self._send(senders, record.transaction_id, body, record.wire)
+            later = await self._send(
+                senders, record.transaction_id, body, record.wire, parkable=written
+            )
         except asyncio.CancelledError:  # the process is ending: the spool keeps it
             if not written:
                 self._keep([SpooledRecord(record.transaction_id, body)], "shutdown")
@@ -617,10 +637,16 @@ class Dispatcher:
         self._settle(batch, delivered=later is None)
 
     async def _send(
-        self, senders: _Senders, transaction_id: str, body: bytes, wire: dict[str, Any] | None
+        self,
+        senders: _Senders,
+        transaction_id: str,
+        body: bytes,
+        wire: dict[str, Any] | None,
+        parkable: bool = False,
     ) -> str | None:
         """Delivers one record; returns None when it is settled (delivered, refused, or
-        dropped for good), or the reason it should be tried again later."""
+        dropped for good), or the reason it should be tried again later. A ``parkable``
+        record (already in the spool) is not sent at all during an outage."""
         settings = self._settings
         if logger.isEnabledFor(logging.DEBUG):
             shown = wire if wire is not None else orjson.loads(body)
@@ -650,17 +676,27 @@ class Dispatcher:
         }
 
         async def once() -> None:
+            if parkable and self._outage:
+                raise _Parked
             try:
                 reply = await sender.post(body, headers)
             except SendError as exc:
+                self._api_failed()
                 raise _Transient(str(exc)) from exc
-            classify_response(reply)
+            try:
+                classify_response(reply)
+            except _Transient:
+                self._api_failed()
+                raise
+            self._api_answered()  # a refusal too: the API is up
 
         try:
             try:
                 await once()  # most records need no retry machinery at all
             except _Transient as first:
                 await self._retry(once, first, settings)
+        except _Parked:
+            return "parked in the spool during an outage"
         except _Transient as exc:
             return f"not delivered after {settings.max_attempts} attempts: {exc}"
         except _Permanent as exc:
@@ -686,6 +722,21 @@ class Dispatcher:
         else:
             counters.add("delivered")
         return None
+
+    def _api_failed(self) -> None:
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= _OUTAGE_AFTER and not self._outage:
+            self._outage = True
+            logger.warning(
+                "the metering API is failing: records wait in the spool, and it is probed "
+                "one request at a time until it answers"
+            )
+
+    def _api_answered(self) -> None:
+        self._failures_in_a_row = 0
+        if self._outage:
+            self._outage = False
+            logger.warning("the metering API answers again: delivering the spooled records")
 
     def _keep(self, records: list[SpooledRecord], reason: str, message: str = "") -> None:
         """Records to deliver later: into the spool, or dropped (counted, told) without one."""

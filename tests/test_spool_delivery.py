@@ -20,12 +20,16 @@ from .conftest import API_KEY
 
 CHILD = textwrap.dedent(
     """
-    import sys
+    import sys, time
     import ollama
     import revenium_ollama_transport as metering
     client = ollama.Client(host=sys.argv[1])
     for _ in range(int(sys.argv[2])):
         client.chat(model="m", messages=[])
+    # Stay until the spool's records, if any are expected, have been delivered again.
+    deadline = time.monotonic() + 20
+    while metering.stats().get("replayed", 0) < int(sys.argv[3]) and time.monotonic() < deadline:
+        time.sleep(0.01)
     print(metering.stats(), flush=True)
     """
 )
@@ -41,7 +45,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def child(
-    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI, calls: int, **env: str
+    tmp_path: Path,
+    sim: OllamaSimulator,
+    api: FakeMeteringAPI,
+    calls: int,
+    replays: int = 0,
+    **env: str,
 ) -> str:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -55,6 +64,7 @@ def child(
         },
         sim.url,
         str(calls),
+        str(replays),
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -68,7 +78,7 @@ def test_records_left_at_exit_are_delivered_by_the_next_process_once(
     assert api.records == []
     assert any((tmp_path / "spool").rglob("*")), "nothing was spooled"
     api.set_mode("normal")
-    child(tmp_path, sim, api, 3)
+    child(tmp_path, sim, api, 3, replays=12)
     stored = api.wait_for_records(15, timeout=20.0)
     assert len({r["transactionId"] for r in stored}) == 15
     assert len(stored) == 15
@@ -138,6 +148,29 @@ def test_records_written_ahead_survive_sigkill(
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert api.records == []
     api.set_mode("normal")
-    child(tmp_path, sim, api, 1)  # a new process with the same spool
+    child(tmp_path, sim, api, 1, replays=8)  # a new process with the same spool
     stored = api.wait_for_records(9, timeout=20.0)
     assert len({r["transactionId"] for r in stored}) == 9
+
+
+def test_an_outage_is_probed_one_request_at_a_time_and_loses_nothing(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    metering.configure(
+        spool_dir=str(tmp_path / "spool"), max_attempts=3, max_retry_wait=0.05, max_in_flight=4
+    )
+    assert metering.shutdown(5.0)  # the restarted thread takes max_in_flight
+    metered.set_mode("down")
+    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+    for _ in range(40):
+        client.chat(model="m", messages=[])
+    wait_until(lambda: metering.stats().get("spooled", 0) >= 40, 20.0, "40 records parked")
+    attempts_in_outage = len(metered.received)
+    # Without the shared state each record would try 3 times: 120 requests. With it: the
+    # first requests in flight (4) fail, the outage is declared, and the rest wait in the
+    # spool while the replay probes one request at a time.
+    assert attempts_in_outage < 20, attempts_in_outage
+    metered.set_mode("normal")
+    stored = metered.wait_for_records(40, timeout=30.0)
+    assert len({r["transactionId"] for r in stored}) == 40
+    assert metering.stats().get("dropped.retries_exhausted", 0) == 0
