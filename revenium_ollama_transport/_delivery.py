@@ -192,6 +192,7 @@ class Dispatcher:
         # retrying on its own; the spool's replay probes, one request at a time.
         self._failures_in_a_row = 0
         self._outage = False
+        self._key_refused = False  # 401 / 403: spooled records wait for another key
         self._spool_key: tuple[str | None, float] | None = None
         self._listeners: list[RecordListener] = []
         self._warned: set[str] = set()
@@ -316,6 +317,7 @@ class Dispatcher:
         self._spool_key = None
         self._failures_in_a_row = 0
         self._outage = False
+        self._key_refused = False
         self._replaying = None
         self._senders = None
 
@@ -348,6 +350,10 @@ class Dispatcher:
             self._settings.base_url,
         ):
             self._warned.clear()  # a new key or URL deserves its own warnings
+            if self._key_refused:
+                self._key_refused = False  # the spooled records get their chance again
+                if self._senders is not None and self._loop is not None:
+                    self._start_replay(self._senders)
         self._settings = settings
         spool_key = (settings.spool_dir, settings.spool_max_mb)
         if self._loop is not None and spool_key != self._spool_key:
@@ -468,7 +474,7 @@ class Dispatcher:
         spool = self._spool
         pause = 1.0
         try:
-            while spool is not None and not self._stopping:
+            while spool is not None and not self._stopping and not self._key_refused:
                 claims = spool.claim(1 if self._outage else max(1, self._settings.max_in_flight))
                 if not claims:
                     return
@@ -491,18 +497,20 @@ class Dispatcher:
     async def _replay_claim(
         self, senders: _Senders, spool: Spool, claim: Claim, slots: asyncio.Semaphore
     ) -> bool:
-        async def one(record: SpooledRecord) -> bool:
+        async def one(record: SpooledRecord, probe: bool) -> bool:
             async with slots:
-                later = await self._send(senders, record.transaction_id, record.body, None)
+                later = await self._send(
+                    senders, record.transaction_id, record.body, None, spooled=True, probe=probe
+                )
             if later is None:
                 counters.add("replayed")
             return later is None
 
         try:
             # The first record alone: during an outage it is the probe, one at a time.
-            results = [await one(claim.records[0])]
+            results = [await one(claim.records[0], probe=True)]
             if results[0]:
-                results += await asyncio.gather(*(one(r) for r in claim.records[1:]))
+                results += await asyncio.gather(*(one(r, False) for r in claim.records[1:]))
         except BaseException:
             spool.release(claim)
             raise
@@ -623,7 +631,7 @@ class Dispatcher:
         written = batch.claim is not None  # already on disk: settling tells its file's fate
         try:
             later = await self._send(
-                senders, record.transaction_id, body, record.wire, parkable=written
+                senders, record.transaction_id, body, record.wire, spooled=written
             )
         except asyncio.CancelledError:  # the process is ending: the spool keeps it
             if not written:
@@ -642,11 +650,13 @@ class Dispatcher:
         transaction_id: str,
         body: bytes,
         wire: dict[str, Any] | None,
-        parkable: bool = False,
+        spooled: bool = False,
+        probe: bool = False,
     ) -> str | None:
         """Delivers one record; returns None when it is settled (delivered, refused, or
-        dropped for good), or the reason it should be tried again later. A ``parkable``
-        record (already in the spool) is not sent at all during an outage."""
+        dropped for good), or the reason it should be tried again later. A ``spooled``
+        record (its spool file keeps it) is not sent during an outage or while the key is
+        refused, unless it is the replay's ``probe``; and a refused key leaves it there."""
         settings = self._settings
         if logger.isEnabledFor(logging.DEBUG):
             shown = wire if wire is not None else orjson.loads(body)
@@ -676,7 +686,7 @@ class Dispatcher:
         }
 
         async def once() -> None:
-            if parkable and self._outage:
+            if spooled and not probe and (self._outage or self._key_refused):
                 raise _Parked
             try:
                 reply = await sender.post(body, headers)
@@ -696,10 +706,22 @@ class Dispatcher:
             except _Transient as first:
                 await self._retry(once, first, settings)
         except _Parked:
-            return "parked in the spool during an outage"
+            return "waiting in the spool (an outage, or a refused API key)"
         except _Transient as exc:
             return f"not delivered after {settings.max_attempts} attempts: {exc}"
         except _Permanent as exc:
+            if exc.status in (401, 403) and spooled:
+                # The key, not the record, is at fault: it waits for a key that works.
+                self._key_refused = True
+                self._warn_once(
+                    f"auth-{exc.status}",
+                    "the metering API refused the API key (HTTP %d: %s); check "
+                    "REVENIUM_METERING_API_KEY: records wait in the spool until it changes",
+                    exc.status,
+                    exc,
+                    level=logging.ERROR,
+                )
+                return f"the API key was refused (HTTP {exc.status})"
             counters.add(f"failed.{exc.status}")
             self._tell(transaction_id, body, wire, "refused", exc.status, str(exc))
             if exc.status in (401, 403):

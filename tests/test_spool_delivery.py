@@ -174,3 +174,20 @@ def test_an_outage_is_probed_one_request_at_a_time_and_loses_nothing(
     stored = metered.wait_for_records(40, timeout=30.0)
     assert len({r["transactionId"] for r in stored}) == 40
     assert metering.stats().get("dropped.retries_exhausted", 0) == 0
+
+
+def test_a_refused_key_keeps_records_until_the_key_changes(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    metering.configure(spool_dir=str(tmp_path / "spool"), api_key="hak_wrong_key")
+    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+    for _ in range(6):
+        client.chat(model="m", messages=[])
+    wait_until(lambda: metering.stats().get("spooled", 0) >= 6, 20.0, "6 records kept")
+    refused = len(metered.received)
+    assert metered.records == []
+    assert refused <= 6  # each at most once: no retry loop against a refused key
+    assert metering.stats().get("failed.401", 0) == 0
+    metering.configure(api_key=API_KEY)
+    stored = metered.wait_for_records(6, timeout=20.0)
+    assert len({r["transactionId"] for r in stored}) == 6
