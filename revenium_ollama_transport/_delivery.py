@@ -247,6 +247,14 @@ class Dispatcher:
             self._thread = thread
             thread.start()
 
+    def start_if_spooled(self) -> None:
+        """Starts delivery at once when the spool holds records (from an earlier process)."""
+        try:
+            if self._thread is None and Spool.has_waiting(_config.current().spool_dir):
+                self._start()
+        except Exception:
+            internal_failure("spool-start")
+
     def queued(self) -> int:
         return len(self._queue) + self._in_flight
 
@@ -473,6 +481,9 @@ class Dispatcher:
         backs off while the API keeps failing. Runs until the spool is empty."""
         spool = self._spool
         pause = 1.0
+        if not self._settings.api_key or self._settings.endpoint is None:
+            self._replaying = None
+            return  # nowhere to send them: they stay in the spool
         try:
             while spool is not None and not self._stopping and not self._key_refused:
                 claims = spool.claim(1 if self._outage else max(1, self._settings.max_in_flight))
@@ -592,7 +603,9 @@ class Dispatcher:
         items = [(record, orjson.dumps(record.wire)) for record in records]
         spool = self._spool
         claim = None
-        if spool is not None and items:
+        settings = self._settings
+        # Without a key or a usable URL nothing is sent, and nothing is written ahead.
+        if spool is not None and items and settings.api_key and settings.endpoint is not None:
             written = [SpooledRecord(record.transaction_id, body) for record, body in items]
             claim, evicted = spool.put_claimed(written)
             if evicted > 0:

@@ -240,6 +240,7 @@ def install() -> bool:
         else:
             _openai_hook.install()
         _signals.install(dispatcher.shutdown_on_signal)
+        dispatcher.start_if_spooled()
         return True
 
 

@@ -143,6 +143,20 @@ class Spool:
         self._failing = False  # the last write failed and was warned about
         self._warned_corrupt = False
 
+    @staticmethod
+    def has_waiting(setting: str | None) -> bool:
+        """Whether the spool ``setting`` names holds records (one directory listing, no
+        side effect): a process that starts with some delivers them even if it makes no
+        metered call of its own."""
+        setting = (setting or "").strip()
+        if setting.lower() == "off":
+            return False
+        directory = Path(os.path.expanduser(setting)) if setting else default_dir()
+        try:
+            return any(_SUFFIX in name for name in os.listdir(directory))
+        except OSError:
+            return False
+
     @classmethod
     def open(cls, setting: str | None, max_mb: float) -> Spool | None:
         """``setting`` is REVENIUM_SPOOL_DIR: unset or empty -> ``default_dir()``; "off"

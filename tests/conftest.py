@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+
+# Before the package is imported (it looks at the spool then): tests that want a spool name
+# one, in a temporary directory; none reads or writes the user's own.
+os.environ["REVENIUM_SPOOL_DIR"] = "off"
+
 from collections.abc import Iterator
 
 import pytest
@@ -12,9 +17,6 @@ from revenium_ollama_transport._stats import counters
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
 
 API_KEY = "hak_test_0123456789"
-
-# Tests that want a spool name one (in a temporary directory); none writes to the user's.
-os.environ["REVENIUM_SPOOL_DIR"] = "off"
 
 
 @pytest.fixture

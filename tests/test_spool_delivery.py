@@ -7,6 +7,7 @@ import signal
 import textwrap
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ollama
@@ -191,3 +192,86 @@ def test_a_refused_key_keeps_records_until_the_key_changes(
     metering.configure(api_key=API_KEY)
     stored = metered.wait_for_records(6, timeout=20.0)
     assert len({r["transactionId"] for r in stored}) == 6
+
+
+DRAINER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import ollama
+    import revenium_ollama_transport as metering
+    client = ollama.Client(host=sys.argv[1])
+    for _ in range(int(sys.argv[2])):
+        client.chat(model="m", messages=[])
+    if sys.argv[3] == "drain":  # stay until the shared spool is empty
+        spool = Path(os.environ["REVENIUM_SPOOL_DIR"])
+        deadline = time.monotonic() + 30
+        while any(spool.glob("*.jsonl*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    """
+)
+
+
+def test_four_processes_share_one_spool_while_the_api_flaps(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(DRAINER)
+    env = {
+        "REVENIUM_METERING_API_KEY": API_KEY,
+        "REVENIUM_METERING_BASE_URL": api.url,
+        "REVENIUM_SPOOL_DIR": str(tmp_path / "spool"),
+        "REVENIUM_SHUTDOWN_TIMEOUT": "1",
+    }
+    api.set_mode("down")
+    with ThreadPoolExecutor(4) as pool:
+        workers = [pool.submit(run_python, script, env, sim.url, "25", "no") for _ in range(4)]
+        api.wait_for_received(8, timeout=20.0)  # the workers are failing against it
+        api.set_mode("normal")
+        api.wait_for_records(10, timeout=20.0)
+        api.set_mode("down")
+        seen = len(api.received)
+        api.wait_for_received(seen + 4, timeout=20.0)
+        api.set_mode("normal")
+        for worker in workers:
+            assert worker.result().returncode == 0, worker.result().stderr
+    last = run_python(script, env, sim.url, "0", "drain")  # delivers what they left
+    assert last.returncode == 0, last.stderr
+    stored = api.wait_for_records(100, timeout=30.0)
+    assert len({r["transactionId"] for r in stored}) == 100
+    assert not list((tmp_path / "spool").glob("*.jsonl*"))
+
+
+def test_a_process_that_makes_no_call_still_delivers_what_it_finds_spooled(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    api.set_mode("hang")
+    child(tmp_path, sim, api, 4, REVENIUM_SHUTDOWN_TIMEOUT="0.5")
+    assert api.records == []
+    api.set_mode("normal")
+    script = tmp_path / "idle.py"
+    script.write_text(DRAINER)
+    env = {
+        "REVENIUM_METERING_API_KEY": API_KEY,
+        "REVENIUM_METERING_BASE_URL": api.url,
+        "REVENIUM_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    idle = run_python(script, env, sim.url, "0", "drain")
+    assert idle.returncode == 0, idle.stderr
+    assert len({r["transactionId"] for r in api.wait_for_records(4, timeout=20.0)}) == 4
+
+
+def test_without_a_key_the_spool_is_left_alone(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    api.set_mode("hang")
+    child(tmp_path, sim, api, 3, REVENIUM_SHUTDOWN_TIMEOUT="0.5")
+    spooled = sorted(p.name for p in (tmp_path / "spool").glob("*.jsonl*"))
+    assert spooled
+    api.set_mode("normal")
+    script = tmp_path / "idle.py"
+    script.write_text(DRAINER)
+    env = {"REVENIUM_SPOOL_DIR": str(tmp_path / "spool")}  # and no REVENIUM_METERING_API_KEY
+    run_python(script, env, sim.url, "2", "no")
+    remaining = list((tmp_path / "spool").glob("*.jsonl*"))
+    assert sum(p.read_bytes().count(b"\n") for p in remaining) == 3  # kept, not dropped
