@@ -17,20 +17,10 @@ import time
 
 import httpx
 import ollama
-from bench_transport import SMALL, ollama_mock
+from bench_transport import API_PROCESS, SMALL, ollama_mock
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport
-
-API_PROCESS = """
-import sys
-from revenium_ollama_transport.testing import FakeMeteringAPI
-with FakeMeteringAPI() as api:
-    api.latency = float(sys.argv[1])
-    print(api.url, flush=True)
-    for _ in sys.stdin:
-        print(len(api.records), flush=True)
-"""
 
 
 def main() -> int:

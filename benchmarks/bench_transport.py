@@ -180,11 +180,12 @@ def openai_scenario(client: openai.OpenAI) -> dict[str, Callable[[], object]]:
 
 
 # The fake metering API in a child process: prints its URL, then the number of records it
-# stored when asked (a line on stdin).
+# stored when asked (a line on stdin). An argument makes it answer after that many seconds.
 API_PROCESS = """
 import sys
 from revenium_ollama_transport.testing import FakeMeteringAPI
 with FakeMeteringAPI() as api:
+    api.latency = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
     print(api.url, flush=True)
     for _ in sys.stdin:
         print(len(api.records), flush=True)

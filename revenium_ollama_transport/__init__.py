@@ -76,7 +76,8 @@ def shutdown(timeout: float | None = 5.0) -> bool:
 def stats() -> dict[str, float]:
     """Counters: ``recorded``, ``delivered``, ``retried``, ``dropped.<reason>``,
     ``failed.<status>``, ``internal_errors``; ``queued`` (waiting right now); and
-    ``oldest_undelivered_seconds``, how long the oldest of those has waited."""
+    ``oldest_undelivered_seconds``, how long the oldest record not yet delivered has
+    waited, in memory or in the spool."""
     snapshot: dict[str, float] = dict(_counters.snapshot())
     snapshot["queued"] = _dispatcher.queued()
     snapshot["oldest_undelivered_seconds"] = round(_dispatcher.oldest_age(), 3)

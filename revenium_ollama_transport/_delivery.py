@@ -810,8 +810,8 @@ class Dispatcher:
             logger.debug("on_delivery_error raised", exc_info=True)
 
     def oldest_age(self) -> float:
-        """Seconds since the oldest record not yet delivered (or given up on) ended; 0 if
-        there is none."""
+        """Seconds since the oldest record not yet delivered (or given up on) ended, the
+        spool's included; 0 if there is none."""
         now = time.perf_counter()
         oldest = now
         with contextlib.suppress(IndexError):  # the queue may empty under us
@@ -820,7 +820,9 @@ class Dispatcher:
                 oldest = ended
         for since in list(self._since.values()):
             oldest = min(oldest, since)
-        return max(0.0, now - oldest)
+        spool = self._spool
+        spooled = spool.oldest_age() if spool is not None else None
+        return max(0.0, now - oldest, spooled or 0.0)
 
 
 class _Senders:

@@ -69,7 +69,8 @@ def _is_timeout(exception: BaseException) -> bool:
 def _body_parser(observation: CallObservation) -> tuple[StreamParser | None, bool]:
     """The parser holding what the response said, and whether its encoding was unreadable."""
     encoding = observation.content_encoding
-    undecodable = encoding is not None and decoder_for(encoding.decode("latin-1")) is None
+    decode = None if encoding is None else decoder_for(encoding.decode("latin-1"))
+    undecodable = encoding is not None and decode is None
     parser = observation.parser
     if parser is not None:  # a stream: parsed up to its first token, the rest kept
         observation.digest()
@@ -77,7 +78,6 @@ def _body_parser(observation: CallObservation) -> tuple[StreamParser | None, boo
             parser.finish()
     elif observation.body is not None and not undecodable:
         data = b"".join(observation.body)
-        decode = None if encoding is None else decoder_for(encoding.decode("latin-1"))
         route = observation.route
         parser = NativeParser() if route.api == NATIVE else OpenAIParser(route.kind, stream=False)
         parser.feed(data if decode is None else decode(data))

@@ -27,29 +27,12 @@ from revenium_ollama_transport._wire._openai import (
     is_usage_only_chunk,
 )
 from revenium_ollama_transport._wire._sse import SSEEvent, SSESplitter
+from revenium_ollama_transport.testing._wire import go_json, go_map
 
 # --- Go's JSON and Ollama's framing ------------------------------------------------------
 
 MODEL = "qwen2.5:0.5b"
 CREATED = 1721680565
-_GO_ESCAPES = ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"))
-
-
-def go_json(value: object) -> bytes:
-    """``json.Marshal``: compact, keys in the order given, HTML characters escaped."""
-    data = orjson.dumps(value)
-    for raw, escaped in _GO_ESCAPES:
-        data = data.replace(raw, escaped)
-    return data
-
-
-def go_map(value: Any) -> Any:
-    """A Go ``map[string]any``: ``json.Marshal`` sorts its keys, recursively."""
-    if isinstance(value, dict):
-        return {key: go_map(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [go_map(item) for item in value]
-    return value
 
 
 def sse(obj: object) -> bytes:
