@@ -29,12 +29,20 @@ class Settings:
     shutdown_timeout: float = 5.0
     spool_dir: str | None = None  # REVENIUM_SPOOL_DIR: None for the default, "off" for none
     spool_max_mb: float = 100.0
+    # REVENIUM_LEDGER: "on", "off", or None for the default: on when there is no API key.
+    ledger: str | None = None
+    ledger_path: str | None = None  # REVENIUM_LEDGER_PATH: None for the default
     # Called in the delivery thread with a DeliveryError for each record not delivered.
     on_delivery_error: Callable[[Any], object] | None = None
 
     @property
     def endpoint(self) -> str | None:
         return None if self.base_url is None else self.base_url + COMPLETIONS_PATH
+
+    @property
+    def ledger_on(self) -> bool:
+        """Whether records are written to the local ledger."""
+        return self.ledger == "on" or (self.ledger != "off" and not self.api_key)
 
     def __repr__(self) -> str:  # never print the key
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -85,6 +93,21 @@ def _float_env(name: str, default: float) -> float:
     return value
 
 
+_SWITCH = {"on": "on", "true": "on", "1": "on", "yes": "on"}
+_SWITCH.update({"off": "off", "false": "off", "0": "off", "no": "off"})
+
+
+def _switch_env(name: str) -> str | None:
+    """An on/off variable: "on", "off", or None when unset (or not understood)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    value = _SWITCH.get(raw.lower())
+    if value is None:
+        logger.warning("%s=%r is neither on nor off; using the default", name, raw)
+    return value
+
+
 def from_environment() -> Settings:
     key = os.environ.get("REVENIUM_METERING_API_KEY", "").strip() or None
     base: str | None = DEFAULT_BASE_URL
@@ -99,6 +122,8 @@ def from_environment() -> Settings:
         shutdown_timeout=_float_env("REVENIUM_SHUTDOWN_TIMEOUT", Settings.shutdown_timeout),
         spool_dir=os.environ.get("REVENIUM_SPOOL_DIR") or None,
         spool_max_mb=_float_env("REVENIUM_SPOOL_MAX_MB", Settings.spool_max_mb),
+        ledger=_switch_env("REVENIUM_LEDGER"),
+        ledger_path=os.environ.get("REVENIUM_LEDGER_PATH") or None,
     )
 
 
@@ -125,6 +150,13 @@ def set_overrides(**values: Any) -> None:
                 "%s", problem.replace("REVENIUM_METERING_BASE_URL", "configure(base_url=...)")
             )
         values["base_url"] = base
+    if "ledger" in values and values["ledger"] is not None:
+        ledger = values["ledger"]
+        if isinstance(ledger, bool):
+            ledger = "on" if ledger else "off"
+        if ledger not in ("on", "off"):
+            raise ValueError(f"configure(ledger=...) takes 'on', 'off' or None, not {ledger!r}")
+        values["ledger"] = ledger
     with _lock:
         _overrides.update(values)
 

@@ -31,7 +31,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from . import _config, _ids, _metadata
+from . import _config, _ids, _ledger, _metadata
 from ._http import Reply, Sender, SendError, sender_for
 from ._log import secret_filter
 from ._observation import CallObservation
@@ -195,6 +195,7 @@ class Dispatcher:
         self._key_refused = False  # 401 / 403: spooled records wait for another key
         self._spool_key: tuple[str | None, float] | None = None
         self._listeners: list[RecordListener] = []
+        self._ledger = _ledger.LedgerWriter()
         self._warned: set[str] = set()
         self._last_overflow_warning = 0.0
 
@@ -328,6 +329,7 @@ class Dispatcher:
         self._key_refused = False
         self._replaying = None
         self._senders = None
+        self._ledger.after_fork_in_child()
 
     # --- the thread's side ------------------------------------------------------------
 
@@ -402,7 +404,9 @@ class Dispatcher:
                     # What is queued now goes as one batch: built, written ahead to the spool
                     # (from here on, a process killed even with SIGKILL loses none of it),
                     # then sent.
-                    batch = self._write_ahead(self._take_batch())
+                    records = self._take_batch()
+                    self._to_ledger(records)
+                    batch = self._write_ahead(records)
                     for index, (record, body) in enumerate(batch.items):
                         # The limit is read each time: configure() may change it any time.
                         while len(tasks) >= max(1, self._settings.max_in_flight):
@@ -438,6 +442,7 @@ class Dispatcher:
         finally:
             if self._replaying is not None:
                 self._replaying.cancel()
+            self._ledger.close()
             await senders.aclose()
 
     def _open_spool(self) -> Spool | None:
@@ -454,11 +459,13 @@ class Dispatcher:
         for task in list(tasks):
             task.cancel()  # each one spools its record as it is cancelled
         await asyncio.gather(*tasks, return_exceptions=True)
-        left: list[SpooledRecord] = []
-        while self._queue:
+        built: list[MeteringRecord] = []
+        while self._queue:  # popped one by one: callers may still be appending
             record = self._record(self._queue.popleft())
             if record is not None:
-                left.append(SpooledRecord(record.transaction_id, orjson.dumps(record.wire)))
+                built.append(record)
+        self._to_ledger(built)
+        left = [SpooledRecord(r.transaction_id, orjson.dumps(r.wire)) for r in built]
         if left:
             self._keep(left, "shutdown")
         spooled = counters.get("spooled") - spooled
@@ -599,6 +606,22 @@ class Dispatcher:
             records.append(record)
         return records
 
+    def _to_ledger(self, records: list[MeteringRecord]) -> None:
+        settings = self._settings
+        if not settings.ledger_on or not records:
+            return
+        path = _ledger.resolve_path(settings.ledger_path)
+        sent_live = bool(settings.api_key) and settings.endpoint is not None
+        self._ledger.write(records, path, sent_live)
+        if not settings.api_key:
+            self._warn_once(
+                "no-key",
+                "REVENIUM_METERING_API_KEY is not set: metering records are kept in the "
+                "local ledger at %s (see them with `revenium-ollama report`)",
+                path,
+                level=logging.INFO,
+            )
+
     def _write_ahead(self, records: list[MeteringRecord]) -> _Batch:
         items = [(record, orjson.dumps(record.wire)) for record in records]
         spool = self._spool
@@ -675,6 +698,8 @@ class Dispatcher:
             shown = wire if wire is not None else orjson.loads(body)
             logger.debug("metering record %s", orjson.dumps(_redacted(shown)).decode())
         if not settings.api_key:
+            if settings.ledger_on:
+                return None  # kept in the local ledger, and counted there
             counters.add("dropped.no_api_key")
             self._warn_once(
                 "no-key",

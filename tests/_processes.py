@@ -24,6 +24,7 @@ def run_python(
     }
     # No test leaves records in the user's own spool unless it names one.
     environment.setdefault("REVENIUM_SPOOL_DIR", "off")
+    environment.setdefault("REVENIUM_LEDGER", "off")
     environment.update(env)
     return subprocess.run(
         [sys.executable, str(script), *args],

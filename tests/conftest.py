@@ -7,6 +7,7 @@ import os
 # Before the package is imported (it looks at the spool then): tests that want a spool name
 # one, in a temporary directory; none reads or writes the user's own.
 os.environ["REVENIUM_SPOOL_DIR"] = "off"
+os.environ["REVENIUM_LEDGER"] = "off"
 
 from collections.abc import Iterator
 
