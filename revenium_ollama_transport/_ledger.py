@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -24,12 +23,12 @@ from typing import Any
 
 import orjson
 
+from ._paths import user_dir
 from ._record import MeteringRecord
 from ._stats import counters
 
 logger = logging.getLogger("revenium_ollama_transport")
 
-APP_DIR = "revenium-ollama-transport"
 FILE_NAME = "ledger.sqlite3"
 
 # A writer waits this long for another process's transaction before giving up on a batch.
@@ -138,15 +137,7 @@ class LedgerError(Exception):
 
 def default_path() -> Path:
     """The user's data directory / revenium-ollama-transport / ledger.sqlite3."""
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = str(Path.home() / "Library" / "Application Support")
-    else:
-        xdg = os.environ.get("XDG_DATA_HOME", "")
-        # The XDG spec: a relative path is invalid and is to be ignored.
-        base = xdg if os.path.isabs(xdg) else str(Path.home() / ".local" / "share")
-    return Path(base) / APP_DIR / FILE_NAME
+    return user_dir("data") / FILE_NAME
 
 
 def resolve_path(setting: str | None) -> Path:

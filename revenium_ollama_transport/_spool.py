@@ -36,7 +36,6 @@ import contextlib
 import logging
 import os
 import secrets
-import sys
 import threading
 import time
 import weakref
@@ -46,6 +45,8 @@ from pathlib import Path
 
 import orjson
 
+from ._paths import user_dir
+
 try:
     import fcntl as _fcntl
 except ImportError:  # Windows: no cross-process claim, see the module docstring
@@ -53,7 +54,6 @@ except ImportError:  # Windows: no cross-process claim, see the module docstring
 
 logger = logging.getLogger("revenium_ollama_transport")
 
-APP_DIR = "revenium-ollama-transport"
 STALE_CLAIM_SECONDS = 600.0  # only without fcntl
 
 _SUFFIX = ".jsonl"
@@ -80,15 +80,7 @@ class Claim:
 
 def default_dir() -> Path:
     """The user's cache directory / revenium-ollama-transport / spool."""
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = str(Path.home() / "Library" / "Caches")
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME", "")
-        # The XDG spec: a relative path is invalid and is to be ignored.
-        base = xdg if os.path.isabs(xdg) else str(Path.home() / ".cache")
-    return Path(base) / APP_DIR / "spool"
+    return user_dir("cache") / "spool"
 
 
 def _line(record: SpooledRecord) -> bytes:

@@ -21,6 +21,7 @@ import pytest
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport, _ledger
+from revenium_ollama_transport._paths import APP_DIR
 from revenium_ollama_transport._record import MeteringRecord
 from revenium_ollama_transport._stats import counters
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, SimulatedReply
@@ -318,3 +319,17 @@ def test_four_processes_writing_one_ledger_lose_no_row(
     stored = [r["transaction_id"] for r in rows(path)]
     assert len(ids) == 600 == len(set(ids))
     assert sorted(stored) == sorted(ids)
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="XDG is for the other POSIX")
+def test_the_default_ledger_is_in_the_xdg_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert _ledger.resolve_path(None) == tmp_path / "data" / APP_DIR / "ledger.sqlite3"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/is/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _ledger.resolve_path("") == (
+        tmp_path / "home" / ".local" / "share" / APP_DIR / "ledger.sqlite3"
+    )
+    assert _ledger.resolve_path("~/x.sqlite3") == tmp_path / "home" / "x.sqlite3"

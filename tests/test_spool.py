@@ -16,7 +16,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from revenium_ollama_transport._spool import APP_DIR, Claim, Spool, SpooledRecord
+from revenium_ollama_transport._paths import APP_DIR
+from revenium_ollama_transport._spool import Claim, Spool, SpooledRecord
 
 LOGGER = "revenium_ollama_transport"
 
