@@ -333,3 +333,44 @@ def test_the_default_ledger_is_in_the_xdg_data_directory(
         tmp_path / "home" / ".local" / "share" / APP_DIR / "ledger.sqlite3"
     )
     assert _ledger.resolve_path("~/x.sqlite3") == tmp_path / "home" / "x.sqlite3"
+
+
+FORKING = textwrap.dedent(
+    """
+    import os, sys, ollama, orjson
+    import revenium_ollama_transport as metering
+    client = ollama.Client(host=sys.argv[1])
+    def call():
+        return client.chat(model="m", messages=[{"role": "user", "content": "hi"}])
+    ids = [call()._revenium_transaction_id]
+    assert metering.flush(30.0)  # the parent's ledger connection is open now
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        child_id = call()._revenium_transaction_id
+        ok = metering.flush(30.0)
+        os.write(writer, orjson.dumps([child_id, ok]))
+        os._exit(0)
+    os.close(writer)
+    child_id, ok = orjson.loads(os.read(reader, 4096))
+    assert ok and os.waitpid(pid, 0)[1] == 0
+    ids += [child_id, call()._revenium_transaction_id]
+    assert metering.flush(30.0)
+    print(orjson.dumps({"ids": ids, "stats": metering.stats()}).decode())
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_writes_the_ledger_with_its_own_connection(
+    tmp_path: Path, sim: OllamaSimulator
+) -> None:
+    script = tmp_path / "forking.py"
+    script.write_text(FORKING)
+    path = tmp_path / "l.sqlite3"
+    done = run_python(script, {"REVENIUM_LEDGER": "on", "REVENIUM_LEDGER_PATH": str(path)}, sim.url)
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["stats"]["ledger_written"] == 2  # the parent's two; the child wrote its own
+    assert sorted(r["transaction_id"] for r in rows(path)) == sorted(report["ids"])
+    assert len(set(report["ids"])) == 3
