@@ -74,8 +74,9 @@ def shutdown(timeout: float | None = 5.0) -> bool:
 
 
 def stats() -> dict[str, float]:
-    """Counters: ``recorded``, ``delivered``, ``retried``, ``dropped.<reason>``,
-    ``failed.<status>``, ``internal_errors``; ``queued`` (waiting right now); and
+    """Counters: ``recorded``, ``delivered``, ``retried``, ``spooled``, ``replayed``,
+    ``ledger_written``, ``dropped.<reason>``, ``failed.<status>``, ``internal_errors``;
+    ``queued`` (waiting right now); and
     ``oldest_undelivered_seconds``, how long the oldest record not yet delivered has
     waited, in memory or in the spool."""
     snapshot: dict[str, float] = dict(_counters.snapshot())

@@ -405,8 +405,8 @@ class Dispatcher:
                     # (from here on, a process killed even with SIGKILL loses none of it),
                     # then sent.
                     records = self._take_batch()
-                    self._to_ledger(records)
                     batch = self._write_ahead(records)
+                    self._to_ledger(records)  # after the spool: it is what the API needs
                     for index, (record, body) in enumerate(batch.items):
                         # The limit is read each time: configure() may change it any time.
                         while len(tasks) >= max(1, self._settings.max_in_flight):
