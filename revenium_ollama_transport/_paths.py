@@ -9,22 +9,23 @@ from typing import Literal
 
 APP_DIR = "revenium-ollama-transport"
 
-# Per platform: (Windows, macOS, the XDG variable and its fallback under the home directory).
-_KINDS = {
-    "cache": ("Caches", "XDG_CACHE_HOME", (".cache",)),
-    "data": ("Application Support", "XDG_DATA_HOME", (".local", "share")),
-}
+
+def _xdg(variable: str, *fallback: str) -> str:
+    value = os.environ.get(variable, "")
+    # The XDG spec: a relative path is invalid and is to be ignored.
+    return value if os.path.isabs(value) else str(Path.home().joinpath(*fallback))
 
 
 def user_dir(kind: Literal["cache", "data"]) -> Path:
     """The user's cache or data directory, with this package's folder in it."""
-    mac_folder, xdg_variable, fallback = _KINDS[kind]
     if os.name == "nt":
         base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
     elif sys.platform == "darwin":
-        base = str(Path.home() / "Library" / mac_folder)
+        base = str(
+            Path.home() / "Library" / ("Caches" if kind == "cache" else "Application Support")
+        )
+    elif kind == "cache":
+        base = _xdg("XDG_CACHE_HOME", ".cache")
     else:
-        xdg = os.environ.get(xdg_variable, "")
-        # The XDG spec: a relative path is invalid and is to be ignored.
-        base = xdg if os.path.isabs(xdg) else str(Path.home().joinpath(*fallback))
+        base = _xdg("XDG_DATA_HOME", ".local", "share")
     return Path(base) / APP_DIR
