@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from revenium_ollama_transport import _ledger
+from revenium_ollama_transport import _config, _ledger
 
 from ._commands import COMMANDS, CommandError, UsageError
 from ._prices import PRICES_HELP
@@ -225,9 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def ledger_path(option: str | None) -> str:
-    """``--ledger``, else ``REVENIUM_LEDGER_PATH``, else the default path."""
-    setting = option or os.environ.get("REVENIUM_LEDGER_PATH")
-    return str(_ledger.resolve_path(setting))
+    """``--ledger``, else ``REVENIUM_LEDGER_PATH`` (the package's setting), else the default."""
+    return str(_ledger.resolve_path(option or _config.current().ledger_path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
