@@ -128,6 +128,13 @@ class Running:
             message = f"no output line within {timeout}s; stderr: {self.errors()}"
             raise AssertionError(message) from None
 
+    def line_within(self, timeout: float) -> str | None:
+        """The next stdout line if one comes within ``timeout``, else None."""
+        try:
+            return self.stdout.get(timeout=timeout).rstrip("\n")
+        except queue.Empty:
+            return None
+
     def errors(self) -> str:
         while not self.stderr.empty():
             self.stderr_lines.append(self.stderr.get_nowait())
