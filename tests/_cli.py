@@ -3,16 +3,19 @@ user runs it (a fresh interpreter, ``python -m revenium_ollama_transport``)."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import revenium_ollama_transport as metering
 from revenium_ollama_transport import _ledger
 from revenium_ollama_transport._record import MeteringRecord, iso_utc
+from revenium_ollama_transport._stats import counters
 
 from ._processes import clean_environment
 
@@ -81,6 +84,19 @@ def fill(path: Path, records: Sequence[MeteringRecord], sent_live: bool = False)
         _ledger.insert(connection, rows)
     finally:
         connection.close()
+
+
+@contextlib.contextmanager
+def metering_into(path: Path) -> Iterator[Path]:
+    """Calls metered in this process go to the ledger at ``path`` (no API key: only there)."""
+    assert metering.flush(10.0)
+    counters.reset()
+    metering.configure(reset=True, ledger="on", ledger_path=str(path))
+    try:
+        yield path
+    finally:
+        metering.flush(10.0)
+        metering.configure(reset=True)
 
 
 COMMAND = (sys.executable, "-m", "revenium_ollama_transport")

@@ -20,10 +20,9 @@ import pytest
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport
 from revenium_ollama_transport._cli import main
-from revenium_ollama_transport._stats import counters
 from revenium_ollama_transport.testing import OllamaSimulator, SimulatedReply
 
-from ._cli import NATIVE_TIMINGS, cli, fill, record
+from ._cli import NATIVE_TIMINGS, cli, fill, metering_into, record
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -322,13 +321,8 @@ def test_costs_are_exact_where_a_float_sum_would_round_the_other_way(tmp_path: P
 
 @pytest.fixture
 def metered_ledger(tmp_path: Path) -> Iterator[Path]:
-    assert metering.flush(10.0)
-    counters.reset()
-    path = tmp_path / "metered.sqlite3"
-    metering.configure(reset=True, ledger="on", ledger_path=str(path))
-    yield path
-    metering.flush(10.0)
-    metering.configure(reset=True)
+    with metering_into(tmp_path / "metered.sqlite3") as path:
+        yield path
 
 
 def test_report_of_calls_metered_through_the_transport(

@@ -13,10 +13,9 @@ import pytest
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport
-from revenium_ollama_transport._stats import counters
 from revenium_ollama_transport.testing import OllamaSimulator, SimulatedReply
 
-from ._cli import Running, fill, record
+from ._cli import Running, fill, metering_into, record
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,12 +25,8 @@ def ledger(tmp_path: Path) -> Iterator[Path]:
     """Three calls already stored; metered calls of this test go there too."""
     path = tmp_path / "ledger.sqlite3"
     fill(path, [record(i, organizationName="acme" if i == 2 else None) for i in range(3)])
-    assert metering.flush(10.0)
-    counters.reset()
-    metering.configure(reset=True, ledger="on", ledger_path=str(path))
-    yield path
-    metering.flush(10.0)
-    metering.configure(reset=True)
+    with metering_into(path):
+        yield path
 
 
 def test_tail_shows_the_last_rows_then_new_ones_until_sigint(
