@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from revenium_ollama_transport import _ledger
 from revenium_ollama_transport._cli import _columns, _format, _prices, _report, _window
+from revenium_ollama_transport._cli._progress import Progress
 from revenium_ollama_transport._cli._report import CallRow, ModelUsage, aggregate, nearest_rank
 
 from ._cli import T0
@@ -360,3 +361,37 @@ def test_a_table_view_has_short_headers_a_total_and_a_note_for_unpriced_models()
         "note: no price for mistral:7b (exact name, or name without its :tag): groups with "
         "their calls have no cost"
     ]
+
+
+def test_progress_off_a_terminal_is_a_line_a_tenth() -> None:
+    out = io.StringIO()
+    progress = Progress("upload", 25, out, tty=False)
+    for done in range(1, 26):
+        progress.update(done)
+    progress.close()
+    assert out.getvalue().splitlines() == [
+        "upload: 3/25 (12%)",
+        "upload: 6/25 (24%)",
+        "upload: 9/25 (36%)",
+        "upload: 12/25 (48%)",
+        "upload: 15/25 (60%)",
+        "upload: 18/25 (72%)",
+        "upload: 21/25 (84%)",
+        "upload: 24/25 (96%)",
+        "upload: 25/25 (100%)",
+    ]
+
+
+def test_progress_on_a_terminal_redraws_one_line() -> None:
+    out = io.StringIO()
+    now = [100.0]
+    progress = Progress("upload", 4, out, tty=True, clock=lambda: now[0])
+    progress.update(1)
+    now[0] += 0.05
+    progress.update(2)  # within a tenth of a second: not drawn
+    progress.update(4)  # the end always is
+    progress.close()
+    bar = "#" * 30
+    assert out.getvalue() == (
+        "\rupload [" + "#" * 7 + " " * 23 + "] 1/4" + "\rupload [" + bar + "] 4/4\n"
+    )

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_dimensions,
         default=["model"],
         metavar="DIMS",
-        help=f"comma-separated, any of {', '.join(DIMENSIONS)} (default: model)",
+        help=f"comma-separated, any of {', '.join(DIMENSIONS)} (default: model); "
+        "subscriber is the subscriber's id",
     )
     _window_options(report)
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -241,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C in a command that does not wait for it
+        return 130
     except BrokenPipeError:
         # The reader went away (``| head``): nothing more to say, and nowhere to say it.
         devnull = os.open(os.devnull, os.O_WRONLY)

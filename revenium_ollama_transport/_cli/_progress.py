@@ -4,6 +4,7 @@ line each tenth of the way (logs and pipes get a few lines, not a flood)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 _WIDTH = 30
@@ -11,20 +12,28 @@ _REDRAW_EVERY_S = 0.1
 
 
 class Progress:
-    def __init__(self, label: str, total: int, stream: TextIO, tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        stream: TextIO,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._label = label
         self._total = total
         self._stream = stream
         self._tty = stream.isatty() if tty is None else tty
         self._step = max(1, -(-total // 10))  # a line per ~10% when not a terminal
         self._shown = 0
-        self._drawn_at = 0.0
+        self._drawn_at = float("-inf")  # never drawn
 
     def update(self, done: int) -> None:
         if self._total <= 0:
             return
         if self._tty:
-            now = time.monotonic()
+            now = self._clock()
             if done < self._total and now - self._drawn_at < _REDRAW_EVERY_S:
                 return
             self._drawn_at = now
