@@ -3,6 +3,7 @@ time (reports stream the rows; uploads and tail page by ``id``)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -103,15 +104,15 @@ def count_pending(connection: sqlite3.Connection, include_sent_live: bool) -> in
 
 
 def pending_page(
-    connection: sqlite3.Connection, after: int, limit: int, include_sent_live: bool
+    connection: sqlite3.Connection, after: int, up_to: int, limit: int, include_sent_live: bool
 ) -> list[tuple[int, str, str]]:
     """(id, transaction_id, wire) of up to ``limit`` rows to upload with an id above
-    ``after``, oldest first."""
+    ``after`` and at most ``up_to``, oldest first."""
     query = (
         f"SELECT id, transaction_id, wire FROM calls WHERE {_pending(include_sent_live)} "
-        "AND id > ? ORDER BY id LIMIT ?"
+        "AND id > ? AND id <= ? ORDER BY id LIMIT ?"
     )
-    return connection.execute(query, (after, limit)).fetchall()
+    return connection.execute(query, (after, up_to, limit)).fetchall()
 
 
 def mark_uploaded(connection: sqlite3.Connection, ids: Sequence[int], when: float) -> None:
@@ -125,5 +126,6 @@ def mark_uploaded(connection: sqlite3.Connection, ids: Sequence[int], when: floa
         )
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
         raise

@@ -92,9 +92,8 @@ class Uploader:
         try:
             while outcome.stopped is None:
                 page = _rows.pending_page(
-                    self._connection, after, _PAGE, self._options.include_sent_live
+                    self._connection, after, last_id, _PAGE, self._options.include_sent_live
                 )
-                page = [row for row in page if row[0] <= last_id]
                 if not page:
                     break
                 after = page[-1][0]
@@ -210,9 +209,17 @@ async def upload(
     """Runs the upload; SIGINT / SIGTERM stop it with what is done marked."""
     uploader = Uploader(connection, sender, api_key, options, progress)
     task = asyncio.create_task(uploader.run(last_id, total))
-    undo = _on_signals(task.cancel)
+
+    signalled: list[bool] = []
+
+    def interrupt() -> None:
+        if not signalled:  # a second signal must not cut the clean-up short
+            signalled.append(True)
+            task.cancel()
+
+    undo = _on_signals(interrupt)
     try:
-        return await asyncio.shield(task)
+        return await task
     finally:
         undo()
         progress.close()
