@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -27,7 +28,7 @@ columns, per group:
   prompt_eval_duration and gen tok/s = the output tokens / Ollama's eval_duration, both
   summed over the calls that report those timings (native API answers); load_p50_ms = the
   median of Ollama's load_duration (model loading), load_total_s = its sum.
-  {PERCENTILE_HELP}
+{textwrap.fill(PERCENTILE_HELP, 88, initial_indent="  ", subsequent_indent="  ")}
   day and hour are UTC (local time with --local). A table ends with a TOTAL row; JSON has
   a "total" object; CSV has the groups only.
 
@@ -115,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         parents=[common],
         help="usage per model, customer, day...: calls, errors, tokens, latency, speed, cost",
-        description="Usage grouped by model, organization, product, subscriber, agent, "
-        "trace, task_type, day or hour, over a time window (default: all time).",
+        description="Usage grouped by model, organization, product, subscriber, agent, trace,\n"
+        "task_type, day or hour, over a time window (default: all time).",
         epilog=_REPORT_EPILOG,
         formatter_class=formatter,
     )
