@@ -9,6 +9,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
+def clean_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment with none of its REVENIUM_, OLLAMA_ or OPENAI_ variables,
+    plus ``env``."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_", "OPENAI_"))
+    }
+    # No test leaves records in the user's own spool or ledger unless it names one.
+    environment.setdefault("REVENIUM_SPOOL_DIR", "off")
+    environment.setdefault("REVENIUM_LEDGER", "off")
+    environment.update(env)
+    return environment
+
+
 def run_python(
     script: Path,
     env: Mapping[str, str],
@@ -16,20 +29,12 @@ def run_python(
     cwd: Path | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs ``script`` (with ``args``) with none of the caller's REVENIUM_, OLLAMA_ or OPENAI_
-    variables, plus ``env``; returns the finished process (its status is the caller's to
-    check)."""
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_", "OPENAI_"))
-    }
-    # No test leaves records in the user's own spool unless it names one.
-    environment.setdefault("REVENIUM_SPOOL_DIR", "off")
-    environment.setdefault("REVENIUM_LEDGER", "off")
-    environment.update(env)
+    """Runs ``script`` (with ``args``) in ``clean_environment(env)``; returns the finished
+    process (its status is the caller's to check)."""
     return subprocess.run(
         [sys.executable, str(script), *args],
         cwd=cwd,
-        env=environment,
+        env=clean_environment(env),
         capture_output=True,
         text=True,
         timeout=timeout,

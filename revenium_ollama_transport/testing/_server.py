@@ -200,14 +200,14 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the default backlog of 5 resets bursts of concurrent clients
 
-    def __init__(self, owner: _LoopbackServer) -> None:
+    def __init__(self, owner: _LoopbackServer, address: tuple[str, int]) -> None:
         self.owner = owner
         self.accepted = 0
         self._lock = threading.Lock()
         self._closing = False
         self._live: set[socket.socket] = set()
         self._workers: set[threading.Thread] = set()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Our own threads (not ThreadingMixIn's) so stop() can cut and join them with a bound.
@@ -255,9 +255,11 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class _LoopbackServer:
-    """Base of the test doubles: a real HTTP/1.1 server on 127.0.0.1 with an ephemeral port."""
+    """Base of the test doubles: a real HTTP/1.1 server on 127.0.0.1 with an ephemeral port
+    (``address`` binds another host or port: ``revenium-ollama simulate`` serves on one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        self._address = address
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -268,7 +270,7 @@ class _LoopbackServer:
         with self._lifecycle:
             if self._server is None:
                 self._stopping.clear()
-                server = _HTTPServer(self)
+                server = _HTTPServer(self, self._address)
                 thread = threading.Thread(
                     target=server.serve_forever,
                     kwargs={"poll_interval": _POLL_INTERVAL},
@@ -308,12 +310,16 @@ class _LoopbackServer:
 
     @property
     def host(self) -> str:
-        """`127.0.0.1:PORT`."""
-        return f"127.0.0.1:{self.port}"
+        """`127.0.0.1:PORT` (the bound address and port)."""
+        if self._server is None:
+            raise RuntimeError(f"{type(self).__name__} is not started; call start() first")
+        address = self._server.server_address[0]
+        host = address.decode() if isinstance(address, bytes) else address
+        return f"{host}:{self.port}"
 
     @property
     def url(self) -> str:
-        """`http://127.0.0.1:PORT`, no trailing slash."""
+        """`http://127.0.0.1:PORT` (the bound address), no trailing slash."""
         return f"http://{self.host}"
 
     @property

@@ -62,6 +62,9 @@ class OllamaSimulator(OpenAIRoutes, _LoopbackServer):
     The OpenAI-compatible routes (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
     `/v1/responses`) answer from the same replies, converted as Ollama converts its native
     answers; `/v1/models` and `/v1/models/{model}` consume no reply.
+
+    `address` is where it listens: 127.0.0.1 on an ephemeral port unless given (`revenium-ollama
+    simulate` serves on a chosen one).
     """
 
     def __init__(
@@ -70,8 +73,9 @@ class OllamaSimulator(OpenAIRoutes, _LoopbackServer):
         *,
         models: Sequence[str] = ("llama3.2:latest", "nomic-embed-text:latest"),
         version: str = "0.33.0",
+        address: tuple[str, int] = ("127.0.0.1", 0),
     ) -> None:
-        super().__init__()
+        super().__init__(address=address)
         self._cond = threading.Condition()
         self._reply = reply if reply is not None else SimulatedReply()
         self._queue: deque[SimulatedReply] = deque()
