@@ -126,6 +126,14 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX calls_started_at ON calls (started_at);
     CREATE INDEX calls_not_uploaded ON calls (id) WHERE uploaded_at IS NULL AND sent_live = 0;
     """,
+    # 1 -> 2: records the metering API refused at upload keep the status it answered, and
+    # are no longer pending (an upload would only be refused again).
+    """
+    ALTER TABLE calls ADD COLUMN upload_refused INTEGER;
+    DROP INDEX calls_not_uploaded;
+    CREATE INDEX calls_not_uploaded ON calls (id)
+        WHERE uploaded_at IS NULL AND upload_refused IS NULL AND sent_live = 0;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -30,13 +30,13 @@ def test_jsonl_is_an_object_per_row_with_wire_and_details_parsed(ledger: Path) -
     rows = [orjson.loads(line) for line in done.stdout.splitlines()]
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5, 6]
     first = rows[0]
-    assert list(first) == ["id", *_ledger.COLUMNS, "uploaded_at"]
+    assert list(first) == ["id", *_ledger.COLUMNS, "uploaded_at", "upload_refused"]
     expected = record(0, organizationName="acme", subscriber={"id": "u-0"})
     assert first["wire"] == expected.wire
     assert first["details"] == expected.details
     assert first["subscriber_id"] == "u-0" and first["organization_name"] == "acme"
     assert first["prompt_eval_duration_ns"] == 45_678_901
-    assert first["sent_live"] == 0 and first["uploaded_at"] is None
+    assert first["sent_live"] == 0 and first["uploaded_at"] is first["upload_refused"] is None
     assert rows[5]["sent_live"] == 1 and rows[5]["total_duration_ns"] is None
     assert rows[5]["stop_reason"] == "CANCELLED"
 

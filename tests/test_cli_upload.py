@@ -50,6 +50,16 @@ def uploaded(path: Path) -> list[str]:
         connection.close()
 
 
+def refused(path: Path) -> dict[str, int]:
+    """Transaction id -> the status the API refused it with at an upload."""
+    connection = sqlite3.connect(path)
+    try:
+        query = "SELECT transaction_id, upload_refused FROM calls WHERE upload_refused IS NOT NULL"
+        return dict(connection.execute(query).fetchall())
+    finally:
+        connection.close()
+
+
 def stored_once(api: FakeMeteringAPI) -> set[str]:
     ids = [str(r["transactionId"]) for r in api.records]
     assert len(ids) == len(set(ids))
@@ -182,12 +192,27 @@ def test_refusals_are_counted_not_retried_and_transient_answers_are(
     assert done.returncode == 1  # refused records remain in the ledger
     assert done.stdout.startswith("uploaded 8, refused 2, remaining 0")
     assert (
-        "refused records stay in the ledger, not uploaded (HTTP 400: 2); the first: "
-        "tx-000000: HTTP 400: model is bad"
+        "refused records stay in the ledger, marked with the status and not sent again "
+        "unless --retry-refused (HTTP 400: 2); the first: tx-000000: HTTP 400: model is bad"
     ) in done.stderr
     assert [r.status for r in api.received][:4] == [429, 400, 400, 201]
     assert len(api.received) == 11
     assert uploaded(path) == [f"tx-{i:06d}" for i in range(2, 10)]
+    assert refused(path) == {"tx-000000": 400, "tx-000001": 400}
+
+    # A later run leaves the refused records alone, and says how to send them again.
+    dry = cli("upload", "--ledger", str(path), "--dry-run", env=environment(api))
+    assert dry.stdout.splitlines()[1:] == [
+        "(2 more were refused by an earlier upload; --retry-refused includes them)"
+    ]
+    again = cli("upload", "--ledger", str(path), env=environment(api))
+    assert (again.returncode, again.stdout) == (0, "nothing to upload\n")
+    assert len(api.received) == 11
+    retried = cli("upload", "--ledger", str(path), "--retry-refused", env=environment(api))
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.startswith("uploaded 2, refused 0, remaining 0")
+    assert uploaded(path) == [f"tx-{i:06d}" for i in range(10)]
+    assert refused(path) == {}
 
 
 def test_a_refused_key_stops_the_run_without_showing_the_key(

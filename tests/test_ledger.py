@@ -196,6 +196,29 @@ def test_an_existing_database_is_migrated_and_a_newer_one_refused(tmp_path: Path
         _ledger.connect(tmp_path / "absent.sqlite3", create=False)
 
 
+def test_a_version_1_ledger_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(_ledger._MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    record = MeteringRecord(wire={"transactionId": "t-old", "model": "m"}, details={})
+    connection.execute(
+        f"INSERT INTO calls ({', '.join(_ledger.COLUMNS)}) "
+        f"VALUES ({', '.join('?' for _ in _ledger.COLUMNS)})",
+        _ledger.row(record, False, 1.0),
+    )
+    connection.commit()
+    connection.close()
+    migrated = _ledger.connect(path)
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == _ledger.SCHEMA_VERSION >= 2
+    assert migrated.execute("SELECT transaction_id, upload_refused FROM calls").fetchall() == [
+        ("t-old", None)
+    ]
+    index = migrated.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'calls_not_uploaded'"
+    ).fetchone()[0]
+    assert "upload_refused IS NULL" in index
+
+
 def test_an_unwritable_ledger_costs_records_with_one_warning_never_a_call(
     tmp_path: Path, sim: OllamaSimulator, caplog: pytest.LogCaptureFixture
 ) -> None:

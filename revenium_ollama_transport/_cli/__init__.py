@@ -175,14 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
         "transaction id as Idempotency-Key. Each stored record is marked uploaded as it "
         "goes, so an interrupted upload resumes where it stopped. Transient failures are "
         "retried (honouring Retry-After); a record still failing stops the run; a record "
-        "refused (4xx) is counted and left in the ledger; a refused key (401/403) stops "
-        "the run. Exit status 1 when records remain.",
+        "refused (4xx) is counted and marked with the status (upload_refused), and later "
+        "runs leave it alone unless --retry-refused; a refused key (401/403) stops the run. "
+        "Exit status 1 when records remain or were refused.",
     )
     upload.add_argument(
         "--all",
         action="store_true",
         dest="include_sent_live",
         help="also records already sent live (the API stores a record once)",
+    )
+    upload.add_argument(
+        "--retry-refused",
+        action="store_true",
+        help="also records the API refused at an earlier upload",
     )
     upload.add_argument("--dry-run", action="store_true", help="count what would be sent")
     upload.add_argument(

@@ -123,13 +123,21 @@ def upload(args: argparse.Namespace) -> int:
         raise CommandError("REVENIUM_METERING_BASE_URL is not a usable http(s) URL")
     with _ledger_connection(args.ledger) as connection:
         last = _rows.last_id(connection)
-        total = _rows.count_pending(connection, args.include_sent_live)
+        pending = _rows.Pending(sent_live=args.include_sent_live, refused=args.retry_refused)
+        total = _rows.count_pending(connection, pending)
         if args.dry_run:
             print(f"{total} record(s) would be uploaded to {endpoint}")
-            if not args.include_sent_live:
-                live = _rows.count_pending(connection, True) - total
-                if live:
-                    print(f"({live} more were sent live; --all includes them)")
+            if not pending.sent_live:
+                live = _rows.count_pending(connection, _rows.Pending(True, pending.refused))
+                if live > total:
+                    print(f"({live - total} more were sent live; --all includes them)")
+            if not pending.refused:
+                again = _rows.count_pending(connection, _rows.Pending(pending.sent_live, True))
+                if again > total:
+                    print(
+                        f"({again - total} more were refused by an earlier upload; "
+                        "--retry-refused includes them)"
+                    )
             return 0
         if not settings.api_key:
             raise CommandError(
@@ -140,7 +148,7 @@ def upload(args: argparse.Namespace) -> int:
             print("nothing to upload")
             return 0
         options = _upload.Options(
-            include_sent_live=args.include_sent_live,
+            pending=pending,
             concurrency=args.concurrency,
             max_attempts=args.max_attempts,
             max_retry_wait=args.max_retry_wait,
@@ -161,7 +169,8 @@ def _summarise(outcome: _upload.Outcome, endpoint: str) -> int:
     if outcome.refused:
         statuses = ", ".join(f"HTTP {s}: {n}" for s, n in sorted(outcome.refused.items()))
         print(
-            f"refused records stay in the ledger, not uploaded ({statuses}); "
+            f"refused records stay in the ledger, marked with the status and not sent again "
+            f"unless --retry-refused ({statuses}); "
             f"the first: {outcome.refusal_example}",
             file=sys.stderr,
         )

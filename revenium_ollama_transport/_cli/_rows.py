@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from revenium_ollama_transport import _ledger
@@ -36,7 +37,7 @@ REPORT_COLUMNS = (
 )
 
 # Every column, in the order export writes them.
-ALL_COLUMNS = ("id", *_ledger.COLUMNS, "uploaded_at")
+ALL_COLUMNS = ("id", *_ledger.COLUMNS, "uploaded_at", "upload_refused")
 
 TAIL_COLUMNS = (
     "id",
@@ -93,36 +94,59 @@ def last_id(connection: sqlite3.Connection) -> int:
     return int(connection.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()[0])
 
 
-def _pending(include_sent_live: bool) -> str:
-    return "uploaded_at IS NULL" + ("" if include_sent_live else " AND sent_live = 0")
+@dataclass(frozen=True)
+class Pending:
+    """Which rows ``upload`` sends: never those stored already; those sent live and those
+    refused at an earlier upload only when asked."""
+
+    sent_live: bool = False
+    refused: bool = False
+
+    def where(self) -> str:
+        return (
+            "uploaded_at IS NULL"
+            + ("" if self.sent_live else " AND sent_live = 0")
+            + ("" if self.refused else " AND upload_refused IS NULL")
+        )
 
 
-def count_pending(connection: sqlite3.Connection, include_sent_live: bool) -> int:
+def count_pending(connection: sqlite3.Connection, pending: Pending) -> int:
     """Rows ``upload`` would send."""
-    query = f"SELECT count(*) FROM calls WHERE {_pending(include_sent_live)}"
+    query = f"SELECT count(*) FROM calls WHERE {pending.where()}"
     return int(connection.execute(query).fetchone()[0])
 
 
 def pending_page(
-    connection: sqlite3.Connection, after: int, up_to: int, limit: int, include_sent_live: bool
+    connection: sqlite3.Connection, after: int, up_to: int, limit: int, pending: Pending
 ) -> list[tuple[int, str, str]]:
     """(id, transaction_id, wire) of up to ``limit`` rows to upload with an id above
     ``after`` and at most ``up_to``, oldest first."""
     query = (
-        f"SELECT id, transaction_id, wire FROM calls WHERE {_pending(include_sent_live)} "
+        f"SELECT id, transaction_id, wire FROM calls WHERE {pending.where()} "
         "AND id > ? AND id <= ? ORDER BY id LIMIT ?"
     )
     return connection.execute(query, (after, up_to, limit)).fetchall()
 
 
-def mark_uploaded(connection: sqlite3.Connection, ids: Sequence[int], when: float) -> None:
-    """Sets ``uploaded_at`` of ``ids`` in one transaction."""
-    if not ids:
+def mark_uploaded(
+    connection: sqlite3.Connection,
+    ids: Sequence[int],
+    refused: Sequence[tuple[int, int]],
+    when: float,
+) -> None:
+    """In one transaction: ``uploaded_at`` of the rows ``ids``, which the API stored, and
+    ``upload_refused`` of the rows it refused, as (id, HTTP status)."""
+    if not ids and not refused:
         return
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.executemany(
-            "UPDATE calls SET uploaded_at = ? WHERE id = ?", ((when, i) for i in ids)
+            "UPDATE calls SET uploaded_at = ?, upload_refused = NULL WHERE id = ?",
+            ((when, i) for i in ids),
+        )
+        connection.executemany(
+            "UPDATE calls SET upload_refused = ? WHERE id = ?",
+            ((status, i) for i, status in refused),
         )
         connection.execute("COMMIT")
     except BaseException:

@@ -36,7 +36,7 @@ _MARK_EVERY = 100
 
 @dataclass(frozen=True)
 class Options:
-    include_sent_live: bool = False
+    pending: _rows.Pending = field(default_factory=_rows.Pending)
     concurrency: int = 16
     max_attempts: int = _config.Settings.max_attempts
     max_retry_wait: float = _config.Settings.max_retry_wait
@@ -81,6 +81,7 @@ class Uploader:
             max_retry_wait=options.max_retry_wait,
         )
         self._marked: list[int] = []
+        self._refused: list[tuple[int, int]] = []  # (row id, HTTP status)
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcome = Outcome(0)
 
@@ -92,7 +93,7 @@ class Uploader:
         try:
             while outcome.stopped is None:
                 page = _rows.pending_page(
-                    self._connection, after, last_id, _PAGE, self._options.include_sent_live
+                    self._connection, after, last_id, _PAGE, self._options.pending
                 )
                 if not page:
                     break
@@ -152,6 +153,7 @@ class Uploader:
                 self._stop("key", f"HTTP {exc.status}: {self._masked(str(exc))}")
                 return
             outcome.refused[exc.status] = outcome.refused.get(exc.status, 0) + 1
+            self._refused.append((row_id, exc.status))
             if not outcome.refusal_example:
                 reason = self._masked(str(exc))
                 outcome.refusal_example = f"{transaction_id}: HTTP {exc.status}: {reason}"
@@ -175,7 +177,8 @@ class Uploader:
 
     def _mark(self) -> None:
         marked, self._marked = self._marked, []
-        _rows.mark_uploaded(self._connection, marked, time.time())
+        refused, self._refused = self._refused, []
+        _rows.mark_uploaded(self._connection, marked, refused, time.time())
 
 
 def _on_signals(callback: Callable[[], object]) -> Callable[[], None]:
