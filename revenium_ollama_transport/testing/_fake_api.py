@@ -16,8 +16,8 @@ import orjson
 from ._metering_rules import validate_record
 from ._server import _Exchange, _LoopbackServer
 
-Mode = Literal["normal", "hang", "down"]
-_MODES: tuple[Mode, ...] = ("normal", "hang", "down")
+Mode = Literal["normal", "hang", "down", "unavailable"]
+_MODES: tuple[Mode, ...] = ("normal", "hang", "down", "unavailable")
 _ENDPOINT_SUFFIX = "/v2/ai/completions"
 _JSON = {"Content-Type": "application/json"}
 _Log = Callable[[int | None, str | None], None]  # appends to `received`; needs the lock held
@@ -93,8 +93,9 @@ class FakeMeteringAPI(_LoopbackServer):
             return self._mode
 
     def set_mode(self, mode: Mode) -> None:
-        """Switch between "normal", "hang" (read requests, never answer) and "down" (close
-        connections without answering).
+        """Switch between "normal", "hang" (read requests, never answer), "down" (close
+        connections without answering) and "unavailable" (answer every request 503, store
+        nothing). For connections refused outright, see `stop_listening()`.
 
         Requests held by "hang" are dropped unanswered when the mode changes or on stop().
         """
@@ -194,10 +195,16 @@ class FakeMeteringAPI(_LoopbackServer):
 
         with self._cond:
             mode = self._mode
-            if mode != "normal":
+            if mode == "unavailable":
+                log(503, "unavailable")
+            elif mode != "normal":
                 log(None, None)
             if mode == "hang":
                 self._cond.wait_for(lambda: self._mode != "hang" or self._stopping.is_set())
+        if mode == "unavailable":
+            unavailable = {"error": "service_unavailable", "status": 503}
+            exchange.send(503, _dumps(unavailable), _JSON)
+            return
         if mode != "normal":
             exchange.abort()
             return
