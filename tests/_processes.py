@@ -9,6 +9,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
+def clean_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without its REVENIUM_, OLLAMA_ or OPENAI_ variables, plus
+    ``env``; the spool is off unless ``env`` names one."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_", "OPENAI_"))
+    }
+    # No test leaves records in the user's own spool unless it names one.
+    environment.setdefault("REVENIUM_SPOOL_DIR", "off")
+    environment.update(env)
+    return environment
+
+
 def run_python(
     script: Path,
     env: Mapping[str, str],
@@ -16,21 +28,30 @@ def run_python(
     cwd: Path | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs ``script`` (with ``args``) with none of the caller's REVENIUM_, OLLAMA_ or OPENAI_
-    variables, plus ``env``; returns the finished process (its status is the caller's to
-    check)."""
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_", "OPENAI_"))
-    }
-    # No test leaves records in the user's own spool unless it names one.
-    environment.setdefault("REVENIUM_SPOOL_DIR", "off")
-    environment.update(env)
+    """Runs ``script`` (with ``args``) in ``clean_environment(env)``; returns the finished
+    process (its status is the caller's to check)."""
     return subprocess.run(
         [sys.executable, str(script), *args],
         cwd=cwd,
-        env=environment,
+        env=clean_environment(env),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+def start_python(
+    script: Path, env: Mapping[str, str], *args: str, stdout: Path, stderr: Path
+) -> subprocess.Popen[bytes]:
+    """Starts ``script`` as ``run_python`` runs it, without waiting for it. Its stdin is a
+    pipe; its output goes to files, so that however much it writes it never blocks on a
+    full pipe."""
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, str(script), *args],
+            env=clean_environment(env),
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+        )
