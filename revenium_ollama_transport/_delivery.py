@@ -391,6 +391,11 @@ class Dispatcher:
         self._abandon = False
         self._senders = senders
         self._start_replay(senders)
+        loop = asyncio.get_running_loop()
+        # Batches written ahead while every delivery slot was taken, waiting for slots; and
+        # how many records they hold (at most about queue_size: they are in memory too).
+        written: deque[_Batch] = deque()
+        held = 0
         try:
             queue = self._queue
             while True:
@@ -398,21 +403,50 @@ class Dispatcher:
                     await self._give_up(tasks)
                     return
                 self._refresh_settings()
-                while queue:
+                while queue or written:
                     # What is queued now goes as one batch: built, written ahead to the spool
                     # (from here on, a process killed even with SIGKILL loses none of it),
                     # then sent.
-                    batch = self._write_ahead(self._take_batch())
+                    if written:
+                        batch = written.popleft()
+                        held -= len(batch.items)
+                    else:
+                        batch = self._write_ahead(self._take_batch())
                     for index, (record, body) in enumerate(batch.items):
                         # The limit is read each time: configure() may change it any time.
                         while len(tasks) >= max(1, self._settings.max_in_flight):
                             if self._abandon:
                                 break
+                            if (
+                                self._spool is not None
+                                and held < self._settings.queue_size
+                                and self._lingered(queue)
+                            ):
+                                # No slot is free: what was queued meanwhile is written ahead
+                                # now rather than when slots free up, so that a slow API does
+                                # not widen what a SIGKILL loses. (Without a spool, records
+                                # wait in the queue, which bounds them.)
+                                written.append(self._write_ahead(self._take_batch()))
+                                held += len(written[-1].items)
+                                continue
                             slot_freed.clear()
-                            await slot_freed.wait()
+                            # Woken once a slot frees; with a spool, also after the linger, to
+                            # write ahead what was queued meanwhile.
+                            timer = None
+                            if self._spool is not None:
+                                timer = loop.call_later(_LINGER, slot_freed.set)
+                            try:
+                                await slot_freed.wait()
+                            finally:
+                                if timer is not None:
+                                    timer.cancel()
                             self._refresh_settings()
                         if self._abandon:  # the exit deadline passed while this batch waited
                             self._unsent(batch, batch.items[index:])
+                            while written:
+                                waiting = written.popleft()
+                                held -= len(waiting.items)
+                                self._unsent(waiting, waiting.items)
                             break
                         task = asyncio.create_task(self._deliver(senders, record, body, batch))
                         tasks.add(task)
@@ -598,6 +632,18 @@ class Dispatcher:
             self._since[record.transaction_id] = observation.mono_end or time.perf_counter()
             records.append(record)
         return records
+
+    @staticmethod
+    def _lingered(queue: deque[CallObservation]) -> bool:
+        """Whether the queue is due to be written ahead: a whole batch, or its oldest record
+        ended at least ``_LINGER`` ago."""
+        if len(queue) >= _BATCH:
+            return True
+        try:
+            ended = queue[0].mono_end
+        except IndexError:
+            return False
+        return ended is None or time.perf_counter() - ended >= _LINGER
 
     def _write_ahead(self, records: list[MeteringRecord]) -> _Batch:
         items = [(record, orjson.dumps(record.wire)) for record in records]
