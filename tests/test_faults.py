@@ -90,6 +90,51 @@ def assert_not_slowed(
     assert max(faulty) < 2.0, max(faulty)  # far below a metering request's 10 s timeout
 
 
+# --- the API down: refused, then 503, then back ----------------------------------------
+
+
+def test_an_outage_of_30_s_under_load_loses_nothing_and_is_probed_not_stormed(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    with Caller(tmp_path, sim.url, environment(api, tmp_path), rate=RATE) as caller:
+        api.wait_for_records(100, timeout=30.0)
+        outage = time.time()
+        api.stop_listening()  # connections refused, as a server that is gone
+        time.sleep(15.0)  # the outage's length, not a wait for something to happen
+        api.set_mode("unavailable")
+        api.resume_listening()  # every request answered 503
+        time.sleep(15.0)
+        answered_503 = [r for r in api.received if r.status == 503]
+        api.set_mode("normal")
+        back = time.time()
+        # Every call made before the API came back is delivered by the same process,
+        # while it keeps calling.
+        made = caller.calls()
+        deadline = time.monotonic() + 90.0
+        while not set(made.ids) <= {r["transactionId"] for r in api.records}:
+            assert time.monotonic() < deadline, (len(made.ids), len(api.records))
+            time.sleep(0.1)
+        caller.wait_for_calls(len(made.calls) + 100, timeout=30.0)
+        assert caller.stop(timeout=30.0) == 0, caller.errors
+        log = caller.calls()
+        stats = caller.stats()
+
+    assert len(log.calls) >= RATE * 30  # the load went on through the outage
+    assert not spooled(tmp_path)
+    assert stored_ids(api) == set(log.ids)  # every record, each stored once
+    # A circuit, not a storm: while the API answered 503, it was probed one request at a
+    # time (each probe retried a few times, and backing off) instead of each of the ~1,500
+    # records made meanwhile trying on its own.
+    assert len(answered_503) <= 40, len(answered_503)
+    sent = requests_per_id(api.received)
+    assert sum(sent.values()) <= len(sent) + 40, sent.most_common(3)
+    assert sum(1 for count in sent.values() if count > 1) <= 10, sent.most_common(12)
+    # Refused connections do not reach the API to be counted: the retries tell.
+    assert stats.get("retried", 0) <= 60, stats
+    assert stats.get("dropped.retries_exhausted", 0) == 0, stats
+    assert_not_slowed(log, before=(0.0, outage), during=(outage, back))
+
+
 # --- the caller exits, is terminated, or is killed, while the API hangs ------------------
 
 
