@@ -636,8 +636,15 @@ def test_unavailable_mode_answers_503_and_stores_nothing(
     assert (answer.status_code, answer.json()["error"]) == (503, "service_unavailable")
     assert [r.status for r in api.received] == [503]
     assert api.records == []
+    api.set_mode("unavailable", status=429, retry_after=2)  # a rate limit
+    answer = post(http, api, record())
+    assert (answer.status_code, answer.headers["retry-after"]) == (429, "2")
+    assert answer.json()["error"] == "too_many_requests"
+    assert [r.status for r in api.received] == [503, 429]
     api.set_mode("normal")
     assert post(http, api, record()).status_code == 201
+    with pytest.raises(ValueError):
+        api.set_mode("hang", status=429)
 
 
 def test_stop_listening_refuses_connections_then_serves_the_same_port_again(
