@@ -470,8 +470,12 @@ class Dispatcher:
                 if not self._urgent:
                     await asyncio.sleep(_LINGER)
         finally:
-            if self._replaying is not None:
-                self._replaying.cancel()
+            replaying = self._replaying
+            if replaying is not None:
+                replaying.cancel()
+                # Waited for: its claims go back to the spool only as the cancellation runs
+                # through it, which takes more than the one turn of the loop left otherwise.
+                await asyncio.gather(replaying, return_exceptions=True)
             await senders.aclose()
 
     def _open_spool(self) -> Spool | None:
@@ -524,9 +528,16 @@ class Dispatcher:
                 if not claims:
                     return
                 slots = asyncio.Semaphore(max(1, self._settings.max_in_flight))
-                settled = await asyncio.gather(
-                    *(self._replay_claim(senders, spool, claim, slots) for claim in claims)
-                )
+                try:
+                    settled = await asyncio.gather(
+                        *(self._replay_claim(senders, spool, claim, slots) for claim in claims)
+                    )
+                except BaseException:
+                    # Cancelled: a claim whose delivery had not started is given back here
+                    # (giving one back twice changes nothing).
+                    for claim in claims:
+                        spool.release(claim)
+                    raise
                 if all(settled):
                     pause = 1.0
                     continue

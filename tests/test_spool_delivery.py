@@ -3,6 +3,7 @@ or the next one, once each (real processes, the fake metering API, one spool dir
 
 from __future__ import annotations
 
+import os
 import signal
 import textwrap
 import time
@@ -14,6 +15,8 @@ import ollama
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport
+from revenium_ollama_transport._delivery import dispatcher
+from revenium_ollama_transport._spool import Spool, SpooledRecord
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
 
 from ._processes import run_python
@@ -275,3 +278,28 @@ def test_without_a_key_the_spool_is_left_alone(
     run_python(script, env, sim.url, "2", "no")
     remaining = list((tmp_path / "spool").glob("*.jsonl*"))
     assert sum(p.read_bytes().count(b"\n") for p in remaining) == 3  # kept, not dropped
+
+
+def test_shutdown_gives_back_the_files_its_replay_had_claimed(
+    tmp_path: Path, metered: FakeMeteringAPI
+) -> None:
+    directory = tmp_path / "spool"
+    earlier = Spool.open(str(directory), 10.0)
+    assert earlier is not None
+    for file in range(10):
+        earlier.put([SpooledRecord(f"tx-{file}-{n}", b'{"n": 1}') for n in range(2)])
+    earlier.close()  # as a process that ended, leaving 10 files of 2 records
+    assert metering.shutdown(5.0)  # the thread started next replays the spool first thing
+    metering.configure(spool_dir=str(directory))
+    metered.latency = 1.0
+    metered.respond_with(201, times=20)  # stored, whatever the (made up) records say
+    dispatcher.start_if_spooled()
+    # The replay sends each file's first record alone, then the second: shut down once the
+    # first ones are delivered, the second ones a second away from their answers.
+    wait_until(lambda: metering.stats().get("replayed", 0) >= 10, 10.0, "first records")
+    assert metering.shutdown(5.0)
+    assert metering.stats().get("replayed", 0) == 10
+    # Every file waiting again, none left claimed by an owner that lives on with this
+    # process (metering restarts on the next call, with a new owner).
+    assert not list(directory.glob("*.claimed-*"))
+    assert len(list(directory.glob("*.jsonl"))) == 10, sorted(os.listdir(directory))
