@@ -8,6 +8,7 @@ request it received for each id).
 
 from __future__ import annotations
 
+import itertools
 import signal
 import statistics
 import sys
@@ -72,6 +73,23 @@ def stored_ids(api: FakeMeteringAPI) -> set[str]:
     return set(ids)
 
 
+def wait_until_caught_up(
+    caller: Caller, api: FakeMeteringAPI, since: float, timeout: float
+) -> None:
+    """Waits until the caller's records reach the API as they are made again: every call
+    that ended over a second ago, the newest of them after ``since``, is stored. (What a
+    process has in its spool when it exits is for the next process to deliver.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        settled = [call for call in caller.calls().calls if call.ended < time.time() - 1.0]
+        stored = {record["transactionId"] for record in api.records}
+        if settled[-1].ended > since and all(c.transaction_id in stored for c in settled):
+            return
+        missing = sum(1 for c in settled if c.transaction_id not in stored)
+        assert time.monotonic() < deadline, f"{missing} of {len(settled)} calls not stored"
+        time.sleep(0.1)
+
+
 def durations(log: CallLog, start: float, end: float) -> list[float]:
     """How long the calls that ended between ``start`` and ``end`` (time.time()) took."""
     return [call.duration for call in log.calls if start <= call.ended < end]
@@ -107,14 +125,7 @@ def test_an_outage_of_30_s_under_load_loses_nothing_and_is_probed_not_stormed(
         answered_503 = [r for r in api.received if r.status == 503]
         api.set_mode("normal")
         back = time.time()
-        # Every call made before the API came back is delivered by the same process,
-        # while it keeps calling.
-        made = caller.calls()
-        deadline = time.monotonic() + 90.0
-        while not set(made.ids) <= {r["transactionId"] for r in api.records}:
-            assert time.monotonic() < deadline, (len(made.ids), len(api.records))
-            time.sleep(0.1)
-        caller.wait_for_calls(len(made.calls) + 100, timeout=30.0)
+        wait_until_caught_up(caller, api, back, timeout=90.0)
         assert caller.stop(timeout=30.0) == 0, caller.errors
         log = caller.calls()
         stats = caller.stats()
@@ -184,3 +195,76 @@ def test_what_a_process_leaves_is_delivered_by_the_next_one(
     sent = requests_per_id(api.received)
     assert max(sent.values()) <= 2
     assert sum(1 for count in sent.values() if count == 2) <= 64
+
+
+# --- the API pushes back: 429 with Retry-After, a refused key ----------------------------
+
+
+def test_a_rate_limit_is_waited_out_as_retry_after_asks_and_nothing_is_lost(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    with Caller(tmp_path, sim.url, environment(api, tmp_path), rate=RATE) as caller:
+        api.wait_for_records(50, timeout=30.0)
+        throttled = time.time()
+        api.set_mode("unavailable", status=429, retry_after=1)
+        time.sleep(4.0)  # the rate limit's length, not a wait for something to happen
+        api.set_mode("normal")
+        over = time.time()
+        wait_until_caught_up(caller, api, over, timeout=60.0)
+        assert caller.stop(timeout=30.0) == 0, caller.errors
+    log = caller.calls()
+    assert stored_ids(api) == set(log.ids)
+    assert not spooled(tmp_path)
+    received = api.received
+    limited = [r for r in received if r.status == 429]
+    # No record was sent again before its Retry-After had passed.
+    for request in limited:
+        assert request.record is not None
+        again = [
+            r.time
+            for r in received
+            if r.time > request.time
+            and r.record is not None
+            and r.record["transactionId"] == request.record["transactionId"]
+        ]
+        assert again, "a record answered 429 was never sent again"
+        assert min(again) - request.time >= 0.9, min(again) - request.time
+    # Nor was the API stormed: after the few requests already under way, the ~400 records
+    # made meanwhile waited in the spool while one probe at a time waited out each
+    # Retry-After (measured: 6 requests in the first 60 ms, then one a second).
+    assert len(limited) <= 30, len(limited)
+    settled_in = limited[0].time + 0.5
+    for earlier, later in itertools.pairwise(limited):
+        if later.time > settled_in:
+            assert later.time - earlier.time >= 0.9, [r.time - limited[0].time for r in limited]
+    assert_not_slowed(log, before=(0.0, throttled), during=(throttled, over))
+
+
+def test_a_refused_key_under_load_is_one_error_no_retry_loop_and_keeps_every_record(
+    tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
+) -> None:
+    wrong_key = "hak_wrong_key_0123456789abcdef"
+    env = environment(
+        api, tmp_path, REVENIUM_METERING_API_KEY=wrong_key, REVENIUM_LOG_LEVEL="DEBUG"
+    )
+    with Caller(tmp_path, sim.url, env, rate=RATE) as caller:
+        caller.wait_for_calls(MORE_THAN_THE_SLOTS, timeout=30.0)
+        assert caller.stop(timeout=30.0) == 0, caller.errors
+    log = caller.calls()
+    assert not log.failures
+    assert api.records == []
+    # Refused, each record at most once: no retry loop against a key that is wrong.
+    sent = requests_per_id(api.received)
+    assert {r.status for r in api.received} == {401}
+    assert max(sent.values()) == 1
+    assert len(sent) <= 64, len(sent)
+    # One clear error, and the key nowhere in the log (DEBUG shows every record).
+    errors = [line for line in caller.errors.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert "401" in errors[0] and "REVENIUM_METERING_API_KEY" in errors[0], errors
+    assert "metering record {" in caller.errors  # the debug lines were there to look at
+    assert wrong_key not in caller.errors
+    # Every record kept in the spool, and delivered by the next process with a good key.
+    assert sum(p.read_bytes().count(b"\n") for p in spooled(tmp_path)) == len(log.calls)
+    drain(tmp_path, sim, environment(api, tmp_path))
+    assert stored_ids(api) == set(log.ids)
