@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from revenium_ollama_transport.testing import ReceivedMetering
+    from revenium_ollama_transport.testing import FakeMeteringAPI, ReceivedMetering
 
 SCRIPT = Path(__file__)
 
@@ -120,6 +120,20 @@ def requests_per_id(received: Iterable[ReceivedMetering]) -> Counter[str]:
         for request in received
         if request.record is not None and "transactionId" in request.record
     )
+
+
+def stored_ids(api: FakeMeteringAPI) -> set[str]:
+    """The ids the API stored, after checking that it would have stored each once anyway:
+    every request for an id carried the id as its Idempotency-Key, and the same body."""
+    ids = [record["transactionId"] for record in api.records]
+    assert len(ids) == len(set(ids))
+    bodies: dict[str, bytes] = {}
+    for request in api.received:
+        assert request.record is not None
+        transaction_id = request.record["transactionId"]
+        assert request.headers.get("idempotency-key") == transaction_id
+        assert bodies.setdefault(transaction_id, request.body) == request.body
+    return set(ids)
 
 
 class Caller:

@@ -20,7 +20,7 @@ import pytest
 
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
 
-from ._caller import Caller, CallLog, loss, requests_per_id
+from ._caller import Caller, CallLog, loss, requests_per_id, stored_ids
 from .conftest import API_KEY
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -57,20 +57,6 @@ def drain(tmp_path: Path, sim: OllamaSimulator, env: dict[str, str]) -> None:
     with Caller(tmp_path, sim.url, env, calls=0, drain=True, name="drainer") as drainer:
         assert drainer.wait(60) == 0, drainer.errors
     assert not spooled(tmp_path), "the new process left records in the spool"
-
-
-def stored_ids(api: FakeMeteringAPI) -> set[str]:
-    """The ids the API stored, after checking that it would have stored each once anyway:
-    every request for an id carried the id as its Idempotency-Key, and the same body."""
-    ids = [record["transactionId"] for record in api.records]
-    assert len(ids) == len(set(ids))
-    bodies: dict[str, bytes] = {}
-    for request in api.received:
-        assert request.record is not None
-        transaction_id = request.record["transactionId"]
-        assert request.headers.get("idempotency-key") == transaction_id
-        assert bodies.setdefault(transaction_id, request.body) == request.body
-    return set(ids)
 
 
 def wait_until_caught_up(

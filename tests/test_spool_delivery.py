@@ -19,6 +19,7 @@ from revenium_ollama_transport._delivery import dispatcher
 from revenium_ollama_transport._spool import Spool, SpooledRecord
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
 
+from ._caller import stored_ids
 from ._processes import run_python
 from .conftest import API_KEY
 
@@ -205,7 +206,8 @@ DRAINER = textwrap.dedent(
     import revenium_ollama_transport as metering
     client = ollama.Client(host=sys.argv[1])
     for _ in range(int(sys.argv[2])):
-        client.chat(model="m", messages=[])
+        # The call's transaction id, to count records by id.
+        print(getattr(client.chat(model="m", messages=[]), "_revenium_transaction_id", None))
     if sys.argv[3] == "drain":  # stay until the shared spool is empty
         spool = Path(os.environ["REVENIUM_SPOOL_DIR"])
         deadline = time.monotonic() + 30
@@ -238,10 +240,13 @@ def test_four_processes_share_one_spool_while_the_api_flaps(
         api.set_mode("normal")
         for worker in workers:
             assert worker.result().returncode == 0, worker.result().stderr
+    made = {i for worker in workers for i in worker.result().stdout.split()}
+    assert len(made) == 100
     last = run_python(script, env, sim.url, "0", "drain")  # delivers what they left
     assert last.returncode == 0, last.stderr
     stored = api.wait_for_records(100, timeout=30.0)
     assert len({r["transactionId"] for r in stored}) == 100
+    assert stored_ids(api) == made  # every call's record, each once
     assert not list((tmp_path / "spool").glob("*.jsonl*"))
 
 
