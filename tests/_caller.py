@@ -4,10 +4,10 @@ Run as a script, it is an application: the real ``ollama`` client, metered becau
 package is imported, calling the Ollama simulator at a steady rate (or as fast as it can)
 until its stdin is closed or it has made ``--calls`` calls; then, with ``--drain``, it waits
 until the spool holds no records (delivered, its own and those left by earlier processes),
-and it exits normally. As each
-call returns it logs the call's transaction id (the ``_revenium_transaction_id`` the
-package tags responses with), so that a test counts records in (calls made) and out
-(records the fake metering API stored) by id, even for a process killed with SIGKILL.
+and it exits normally. As each call returns it logs the call's transaction id (the
+``_revenium_transaction_id`` the package tags responses with), so that a test counts
+records in (calls made) and out (records the fake metering API stored) by id, even for a
+process killed with SIGKILL.
 
     python tests/_caller.py OLLAMA_URL LOG [--rate CALLS_PER_S] [--calls N] [--drain]
                             [--in-process]
@@ -232,10 +232,11 @@ class Caller:
 
 class _MappedLog:
     """The log as a file mapped into memory: a line written is in the page cache, and so
-    survives a SIGKILL, without a system call. A write() per call would release the GIL
-    each time, and a thread that does that many times a second can keep the delivery
-    thread from ever taking the GIL (CPython hands the GIL over on request only after a
-    5 ms wait in which nobody else took it): the measuring would change what it measures."""
+    survives a SIGKILL, without a system call. With a write() per call, a flat-out caller
+    releases and retakes the GIL thousands of times a second, and was seen to keep the
+    delivery thread from it for seconds at a time (a thread waiting for the GIL forces a
+    hand-over only after 5 ms in which the GIL did not change hands, and a release and
+    retake counts as a change): the measuring would change what it measures."""
 
     SIZE = 32 * 1024 * 1024  # 400,000 calls
 

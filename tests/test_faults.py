@@ -69,7 +69,11 @@ def wait_until_caught_up(
     while True:
         settled = [call for call in caller.calls().calls if call.ended < time.time() - 1.0]
         stored = {record["transactionId"] for record in api.records}
-        if settled[-1].ended > since and all(c.transaction_id in stored for c in settled):
+        if (
+            settled
+            and settled[-1].ended > since
+            and all(c.transaction_id in stored for c in settled)
+        ):
             return
         missing = sum(1 for c in settled if c.transaction_id not in stored)
         assert time.monotonic() < deadline, f"{missing} of {len(settled)} calls not stored"
