@@ -417,18 +417,23 @@ class Dispatcher:
                         while len(tasks) >= max(1, self._settings.max_in_flight):
                             if self._abandon:
                                 break
-                            if (
-                                self._spool is not None
-                                and held < self._settings.queue_size
-                                and self._lingered(queue)
-                            ):
+                            if self._spool is not None and self._lingered(queue):
                                 # No slot is free: what was queued meanwhile is written ahead
                                 # now rather than when slots free up, so that a slow API does
                                 # not widen what a SIGKILL loses. (Without a spool, records
                                 # wait in the queue, which bounds them.)
-                                written.append(self._write_ahead(self._take_batch()))
-                                held += len(written[-1].items)
-                                continue
+                                full = held >= self._settings.queue_size
+                                if full and written and written[0].claim is not None:
+                                    # As many records in memory as the queue holds: the
+                                    # oldest batch, on disk already, waits there instead,
+                                    # for the replay.
+                                    oldest = written.popleft()
+                                    held -= len(oldest.items)
+                                    self._unsent(oldest, oldest.items)
+                                if held < self._settings.queue_size:
+                                    written.append(self._write_ahead(self._take_batch()))
+                                    held += len(written[-1].items)
+                                    continue
                             slot_freed.clear()
                             # Woken once a slot frees; with a spool, also after the linger, to
                             # write ahead what was queued meanwhile.
@@ -685,7 +690,8 @@ class Dispatcher:
             batch.spool.finish(batch.claim)
 
     def _unsent(self, batch: _Batch, items: list[tuple[MeteringRecord, bytes]]) -> None:
-        """Records of a batch never sent, the exit deadline having passed."""
+        """Records of a batch that will not be sent from memory (the exit deadline passed,
+        or memory is full of records waiting for a slot): they wait in the spool."""
         with self._idle:
             self._in_flight -= len(items)
             self._idle.notify_all()

@@ -308,3 +308,35 @@ def test_shutdown_gives_back_the_files_its_replay_had_claimed(
     # process (metering restarts on the next call, with a new owner).
     assert not list(directory.glob("*.claimed-*"))
     assert len(list(directory.glob("*.jsonl"))) == 10, sorted(os.listdir(directory))
+
+
+def test_records_keep_going_to_disk_while_the_api_holds_every_slot(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    # One slot, and room in memory for 10 records: the hanging API holds the slot, and
+    # records written ahead wait in memory for it, up to queue_size; beyond that the oldest
+    # of them wait in the spool instead (for the replay), so that later records still reach
+    # the disk at once rather than wait unwritten in the queue.
+    spool = tmp_path / "spool"
+    metering.configure(spool_dir=str(spool), queue_size=10, max_in_flight=1)
+    assert metering.shutdown(5.0)  # the restarted thread takes max_in_flight
+    metered.set_mode("hang")
+    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+
+    def on_disk() -> int:
+        return sum(p.read_bytes().count(b"\n") for p in spool.glob("*.jsonl*"))
+
+    try:
+        for made in range(5, 65, 5):
+            for _ in range(5):
+                client.chat(model="m", messages=[])
+            wait_until(lambda: on_disk() >= made, 5.0, f"{made} records on disk")  # noqa: B023 - used at once
+        assert metering.stats().get("dropped.queue_full", 0) == 0
+        metered.set_mode("normal")
+        stored = metered.wait_for_records(60, timeout=30.0)
+        assert len({r["transactionId"] for r in stored}) == 60
+    finally:
+        metered.set_mode("normal")
+        metering.flush(10.0)
+        metering.configure(reset=True)
+        metering.shutdown(10.0)  # the next test's thread starts with the defaults
