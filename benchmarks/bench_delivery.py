@@ -1,83 +1,174 @@
-"""Delivery throughput: records per second to a metering API that takes 20 ms to answer.
+"""Delivery throughput, and what delivery costs the caller, with the spool off and on.
 
 Metered calls are made as fast as the ollama client can make them (over
 ``httpx.MockTransport``) while the delivery thread sends their records to the fake metering
-API, running in another process and answering each request after ``--latency`` seconds;
-then it waits until every record is stored there.
+API, running in another process and answering each request after ``--latency`` seconds.
 
-    python benchmarks/bench_delivery.py [--records N] [--latency S]
+1. Throughput: ``--records`` calls, then a wait until every record is stored there;
+   records per second while the calls were made, after them, and overall.
+2. Caller-side cost: rounds of ``--calls`` calls by an un-instrumented client (ollama as it
+   is, metering uninstalled) and as many by a metered one (metering installed by the
+   import), taking turns; microseconds per call, median over the rounds, and what metering
+   adds. The metered calls pay for the caller's own path and for the delivery thread's share
+   of the GIL while it delivers (and, with the spool on, writes ahead) their records, which
+   at this pace it does all through the round; each round's records are delivered before
+   the next round, untimed, so that the baseline runs beside no delivery.
+
+    python benchmarks/bench_delivery.py [--records N] [--latency S] [--rounds N] [--calls N]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 import ollama
-from bench_transport import API_PROCESS, SMALL, ollama_mock
+from bench_transport import API_PROCESS, SMALL, Methods, ollama_mock
 
 import revenium_ollama_transport as metering
-from revenium_ollama_transport import ReveniumTransport
+
+
+class FakeAPIProcess:
+    """The fake metering API in a child process (in this one its threads would compete
+    for the GIL)."""
+
+    def __init__(self, latency: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", API_PROCESS, str(latency)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.url = self.stdout.readline().strip()
+
+    def stored(self) -> int:
+        self.stdin.write("count\n")
+        self.stdin.flush()
+        return int(self.stdout.readline())
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait(10)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    calls_per_s: float
+    during_per_s: float  # records delivered per second while the calls were made
+    after_per_s: float  # ... once they were made, the caller idle
+    overall_per_s: float
+    stored: int
+
+
+def throughput(call: Callable[[], object], records: int, api: FakeAPIProcess) -> Throughput:
+    before = api.stored()
+    delivered = int(metering.stats().get("delivered", 0))
+    started = time.perf_counter()
+    for _ in range(records):
+        call()
+    called = time.perf_counter() - started
+    during = int(metering.stats().get("delivered", 0)) - delivered
+    assert metering.flush(300.0), "records still undelivered after 300 s"
+    finished = time.perf_counter() - started
+    return Throughput(
+        calls_per_s=records / called,
+        during_per_s=during / called,
+        after_per_s=(records - during) / (finished - called),
+        overall_per_s=records / finished,
+        stored=api.stored() - before,
+    )
+
+
+def caller_cost(
+    baseline: Callable[[], object], metered: Callable[[], object], rounds: int, calls: int
+) -> tuple[float, float]:
+    """Median microseconds per call over ``rounds`` of ``calls``: (baseline, metered)."""
+    per_call: dict[str, list[float]] = {"baseline": [], "metered": []}
+    for _ in range(20):  # warm-up
+        baseline()
+        metered()
+    gc.collect()
+    for index in range(rounds):
+        # Taking turns, first one then the other, so that neither always follows the same.
+        order = [("baseline", baseline), ("metered", metered)]
+        for who, call in order if index % 2 else order[::-1]:
+            started = time.perf_counter_ns()
+            for _ in range(calls):
+                call()
+            per_call[who].append((time.perf_counter_ns() - started) / calls / 1000)
+            # Untimed: the baseline never runs beside the delivery of earlier records.
+            assert metering.flush(300.0), "records still undelivered after 300 s"
+    return statistics.median(per_call["baseline"]), statistics.median(per_call["metered"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--latency", type=float, default=0.020)
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of the caller-side cost")
+    parser.add_argument("--calls", type=int, default=250, help="calls per round and client")
     args = parser.parse_args()
-    api = subprocess.Popen(
-        [sys.executable, "-c", API_PROCESS, str(args.latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert api.stdin is not None and api.stdout is not None
+
+    mock = httpx.MockTransport(ollama_mock)
+    metering.uninstall()
+    plain = Methods()  # ollama's own methods, taken while metering is not installed
+    unmetered = ollama.Client(host="http://ollama.bench", transport=mock)
+    metering.install()
+    installed = ollama.Client(host="http://ollama.bench", transport=mock)
+
+    def baseline() -> object:
+        return plain.chat(unmetered, model="qwen2.5:0.5b", messages=SMALL)
+
+    def metered() -> object:
+        return installed.chat(model="qwen2.5:0.5b", messages=SMALL)
+
+    api = FakeAPIProcess(args.latency)
+    results: dict[str, tuple[Throughput, float, float]] = {}
     try:
-        metering.configure(
-            api_key="hak_bench", base_url=api.stdout.readline().strip(), queue_size=1_000_000
-        )
+        # A queue deep enough that no record is dropped while the calls outpace delivery.
+        metering.configure(api_key="hak_bench", base_url=api.url, queue_size=1_000_000)
         in_flight = metering._config.current().max_in_flight
-        client = ollama.Client(
-            host="http://ollama.bench",
-            transport=ReveniumTransport(httpx.MockTransport(ollama_mock)),
-        )
-        started = time.perf_counter()
-        for _ in range(args.records):
-            client.chat(model="qwen2.5:0.5b", messages=SMALL)
-        called = time.perf_counter() - started
-        during = int(metering.stats().get("delivered", 0))
-        assert metering.flush(300.0), "records still undelivered after 300 s"
-        delivered = time.perf_counter() - started
-        api.stdin.write("count\n")
-        api.stdin.flush()
-        stored = int(api.stdout.readline())
+        with tempfile.TemporaryDirectory(prefix="bench-delivery-spool-") as spool_dir:
+            for spool in ("off", "on"):
+                metering.configure(spool_dir="off" if spool == "off" else spool_dir)
+                flow = throughput(metered, args.records, api)
+                base, cost = caller_cost(baseline, metered, args.rounds, args.calls)
+                assert metering.flush(300.0), "records still undelivered after 300 s"
+                results[spool] = (flow, base, cost)
     finally:
-        api.stdin.close()
-        api.wait(10)
-    stats = metering.stats()
+        api.close()
+
     print(
-        f"{args.records} records, metering API answering after {args.latency * 1000:.0f} ms, "
-        f"{in_flight} requests in flight at most"
+        f"metering API answering after {args.latency * 1000:.0f} ms, {in_flight} requests in "
+        f"flight at most; {os.cpu_count()} cores"
     )
+    print(f"\nthroughput, {args.records} calls as fast as they come, records per second:")
+    print(f"{'spool':<6} {'calls/s':>8} {'during':>8} {'after':>8} {'overall':>8} {'stored':>7}")
+    for spool, (flow, _, _) in results.items():
+        print(
+            f"{spool:<6} {flow.calls_per_s:8.0f} {flow.during_per_s:8.0f} "
+            f"{flow.after_per_s:8.0f} {flow.overall_per_s:8.0f} {flow.stored:7d}"
+        )
     print(
-        f"calls made in {called:.2f} s ({args.records / called:.0f} calls/s), "
-        f"{during} records delivered meanwhile ({during / called:.0f}/s)"
+        f"\ncaller-side cost, microseconds per small chat call, median of {args.rounds} "
+        f"rounds of {args.calls} calls per client:"
     )
-    drain = delivered - called
-    print(
-        f"the other {args.records - during} delivered in the {drain:.2f} s after the calls: "
-        f"{(args.records - during) / drain:.0f} records/s with the caller idle"
-    )
-    print(
-        f"all delivered {delivered:.2f} s after the first call: "
-        f"{args.records / delivered:.0f} records/s sustained "
-        f"(stored by the API: {stored}; delivered {stats.get('delivered', 0)}, "
-        f"retried {stats.get('retried', 0)})"
-    )
-    return 0 if stored == args.records else 1
+    print(f"{'spool':<6} {'baseline':>9} {'metered':>9} {'added':>8}")
+    for spool, (_, base, cost) in results.items():
+        print(f"{spool:<6} {base:9.1f} {cost:9.1f} {cost - base:+8.1f}")
+    stored_all = all(flow.stored == args.records for flow, _, _ in results.values())
+    return 0 if stored_all else 1
 
 
 if __name__ == "__main__":

@@ -393,6 +393,11 @@ class Dispatcher:
         self._abandon = False
         self._senders = senders
         self._start_replay(senders)
+        loop = asyncio.get_running_loop()
+        # Batches written ahead while every delivery slot was taken, waiting for slots; and
+        # how many records they hold (at most about queue_size: they are in memory too).
+        written: deque[_Batch] = deque()
+        held = 0
         try:
             queue = self._queue
             while True:
@@ -400,23 +405,55 @@ class Dispatcher:
                     await self._give_up(tasks)
                     return
                 self._refresh_settings()
-                while queue:
+                while queue or written:
                     # What is queued now goes as one batch: built, written ahead to the spool
                     # (from here on, a process killed even with SIGKILL loses none of it),
                     # then sent.
-                    records = self._take_batch()
-                    batch = self._write_ahead(records)
-                    self._to_ledger(records)  # after the spool: it is what the API needs
+                    if written:
+                        batch = written.popleft()
+                        held -= len(batch.items)
+                    else:
+                        batch = self._write_ahead(self._take_batch())
                     for index, (record, body) in enumerate(batch.items):
                         # The limit is read each time: configure() may change it any time.
                         while len(tasks) >= max(1, self._settings.max_in_flight):
                             if self._abandon:
                                 break
+                            if self._spool is not None and self._lingered(queue):
+                                # No slot is free: what was queued meanwhile is written ahead
+                                # now rather than when slots free up, so that a slow API does
+                                # not widen what a SIGKILL loses. (Without a spool, records
+                                # wait in the queue, which bounds them.)
+                                full = held >= self._settings.queue_size
+                                if full and written and written[0].claim is not None:
+                                    # As many records in memory as the queue holds: the
+                                    # oldest batch, on disk already, waits there instead,
+                                    # for the replay.
+                                    oldest = written.popleft()
+                                    held -= len(oldest.items)
+                                    self._unsent(oldest, oldest.items)
+                                if held < self._settings.queue_size:
+                                    written.append(self._write_ahead(self._take_batch()))
+                                    held += len(written[-1].items)
+                                    continue
                             slot_freed.clear()
-                            await slot_freed.wait()
+                            # Woken once a slot frees; with a spool, also after the linger, to
+                            # write ahead what was queued meanwhile.
+                            timer = None
+                            if self._spool is not None:
+                                timer = loop.call_later(_LINGER, slot_freed.set)
+                            try:
+                                await slot_freed.wait()
+                            finally:
+                                if timer is not None:
+                                    timer.cancel()
                             self._refresh_settings()
                         if self._abandon:  # the exit deadline passed while this batch waited
                             self._unsent(batch, batch.items[index:])
+                            while written:
+                                waiting = written.popleft()
+                                held -= len(waiting.items)
+                                self._unsent(waiting, waiting.items)
                             break
                         task = asyncio.create_task(self._deliver(senders, record, body, batch))
                         tasks.add(task)
@@ -440,8 +477,12 @@ class Dispatcher:
                 if not self._urgent:
                     await asyncio.sleep(_LINGER)
         finally:
-            if self._replaying is not None:
-                self._replaying.cancel()
+            replaying = self._replaying
+            if replaying is not None:
+                replaying.cancel()
+                # Waited for: its claims go back to the spool only as the cancellation runs
+                # through it, which takes more than the one turn of the loop left otherwise.
+                await asyncio.gather(replaying, return_exceptions=True)
             self._ledger.close()
             await senders.aclose()
 
@@ -497,9 +538,16 @@ class Dispatcher:
                 if not claims:
                     return
                 slots = asyncio.Semaphore(max(1, self._settings.max_in_flight))
-                settled = await asyncio.gather(
-                    *(self._replay_claim(senders, spool, claim, slots) for claim in claims)
-                )
+                try:
+                    settled = await asyncio.gather(
+                        *(self._replay_claim(senders, spool, claim, slots) for claim in claims)
+                    )
+                except BaseException:
+                    # Cancelled: a claim whose delivery had not started is given back here
+                    # (giving one back twice changes nothing).
+                    for claim in claims:
+                        spool.release(claim)
+                    raise
                 if all(settled):
                     pause = 1.0
                     continue
@@ -622,7 +670,21 @@ class Dispatcher:
                 level=logging.INFO,
             )
 
+    @staticmethod
+    def _lingered(queue: deque[CallObservation]) -> bool:
+        """Whether the queue is due to be written ahead: a whole batch, or its oldest record
+        ended at least ``_LINGER`` ago."""
+        if len(queue) >= _BATCH:
+            return True
+        try:
+            ended = queue[0].mono_end
+        except IndexError:
+            return False
+        return ended is None or time.perf_counter() - ended >= _LINGER
+
     def _write_ahead(self, records: list[MeteringRecord]) -> _Batch:
+        """A batch taken from the queue: written to the spool (what the API needs) and
+        then to the local ledger, before any of it is sent."""
         items = [(record, orjson.dumps(record.wire)) for record in records]
         spool = self._spool
         claim = None
@@ -633,6 +695,7 @@ class Dispatcher:
             claim, evicted = spool.put_claimed(written)
             if evicted > 0:
                 counters.add("dropped.spool_full", evicted)
+        self._to_ledger(records)
         return _Batch(items, spool if claim is not None else None, claim)
 
     def _settle(self, batch: _Batch, delivered: bool) -> None:
@@ -651,7 +714,8 @@ class Dispatcher:
             batch.spool.finish(batch.claim)
 
     def _unsent(self, batch: _Batch, items: list[tuple[MeteringRecord, bytes]]) -> None:
-        """Records of a batch never sent, the exit deadline having passed."""
+        """Records of a batch that will not be sent from memory (the exit deadline passed,
+        or memory is full of records waiting for a slot): they wait in the spool."""
         with self._idle:
             self._in_flight -= len(items)
             self._idle.notify_all()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import secrets
 import threading
@@ -55,6 +56,11 @@ except ImportError:  # Windows: no cross-process claim, see the module docstring
 logger = logging.getLogger("revenium_ollama_transport")
 
 STALE_CLAIM_SECONDS = 600.0  # only without fcntl
+# Measuring the spool takes a stat() per file: after a long outage, thousands of them, too
+# many for every write. Between measurements a writer adds what it wrote to the last total,
+# and measures again when that passes the bound or this many seconds have gone by (other
+# processes write too, and delivered files go).
+SIZE_CHECK_SECONDS = 1.0
 
 _SUFFIX = ".jsonl"
 _CLAIMED = ".claimed-"
@@ -134,6 +140,8 @@ class Spool:
         self._lock_fd: int | None = None
         self._failing = False  # the last write failed and was warned about
         self._warned_corrupt = False
+        self._size_estimate = 0  # bytes at the last measurement, plus those written since
+        self._size_measured = -math.inf  # time.monotonic() of that measurement
 
     @staticmethod
     def has_waiting(setting: str | None) -> bool:
@@ -410,9 +418,16 @@ class Spool:
                 return None, -1
             self._failing = False
             claim = Claim(list(records), path, name, owner) if claimed else None
-            return claim, self._enforce_bound()
+            return claim, self._enforce_bound(len(data))
 
-    def _enforce_bound(self) -> int:
+    def _enforce_bound(self, written: int) -> int:
+        """Drops the oldest waiting files while the spool is over its bound; returns how
+        many records went. Called with ``self._lock`` held, after writing ``written`` bytes."""
+        self._size_estimate += written
+        now = time.monotonic()
+        if self._size_estimate <= self.max_bytes and now - self._size_measured < SIZE_CHECK_SECONDS:
+            return 0
+        self._size_measured = now
         try:
             entries = self._entries()
         except OSError:
@@ -432,6 +447,7 @@ class Spool:
                 break
             total -= size
             dropped += count
+        self._size_estimate = total
         return dropped
 
     def claim(self, limit: int) -> list[Claim]:

@@ -40,3 +40,19 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def start_python(
+    script: Path, env: Mapping[str, str], *args: str, stdout: Path, stderr: Path
+) -> subprocess.Popen[bytes]:
+    """Starts ``script`` as ``run_python`` runs it, without waiting for it. Its stdin is a
+    pipe; its output goes to files, so that however much it writes it never blocks on a
+    full pipe."""
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, str(script), *args],
+            env=clean_environment(env),
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+        )

@@ -548,6 +548,8 @@ def test_queue_overflow_drops_with_one_warning_and_calls_succeed(
         what="every call either delivered or counted as dropped",
     )
     assert 1 <= len(api.records) <= 10
+    # The API stores a record before its answer reaches the delivery thread, which counts it.
+    assert metering.flush(10.0)
     assert stat("delivered") == len(api.records)
 
 
@@ -731,10 +733,13 @@ def test_concurrent_callers_keep_their_own_metadata(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.parametrize("spool", [False, True])
 def test_forked_child_meters_its_own_calls_and_not_the_parents(
-    sim: OllamaSimulator, isolated: FakeMeteringAPI
+    sim: OllamaSimulator, isolated: FakeMeteringAPI, tmp_path: Path, spool: bool
 ) -> None:
     api = isolated
+    if spool:  # the parent's records are written ahead to a spool the child shares
+        metering.configure(spool_dir=str(tmp_path / "spool"))
     c = client(sim)
     api.set_mode("hang")  # parent records stay in flight or queued across the fork
     with usage_metadata(trace_id="parent"):
@@ -743,44 +748,50 @@ def test_forked_child_meters_its_own_calls_and_not_the_parents(
     wait_received(api, 1, 5.0)
     assert metering.stats()["queued"] >= 1
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            with usage_metadata(trace_id="child"):
-                answer = ollama.Client(host=sim.url, transport=ReveniumTransport()).chat(
-                    model=MODEL, messages=MESSAGES
-                )
-            code = 0 if answer.message.content == ANSWER and metering.flush(15.0) else 2
-        finally:
-            os._exit(code)
+    # The child delivers to an API of its own: a parent's record arriving there would be
+    # one the child delivered.
+    with FakeMeteringAPI(expected_api_key=API_KEY) as child_api:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                metering.configure(base_url=child_api.url)
+                with usage_metadata(trace_id="child"):
+                    answer = ollama.Client(host=sim.url, transport=ReveniumTransport()).chat(
+                        model=MODEL, messages=MESSAGES
+                    )
+                code = 0 if answer.message.content == ANSWER and metering.flush(15.0) else 2
+            finally:
+                os._exit(code)
 
-    api.set_mode("normal")
-    deadline = time.monotonic() + 30.0
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child did not exit within 30 s")
-        time.sleep(0.01)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert metering.flush(10.0)
+        api.set_mode("normal")
+        deadline = time.monotonic() + 30.0
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child did not exit within 30 s")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert metering.flush(10.0)
 
-    records = api.records
-    traces = Counter(r.get("traceId") for r in records)
-    assert traces == {"parent": 12, "child": 1}, traces
-    # Every record stored once, and nobody delivered a record twice: a second delivery of a
+    # Each record delivered by the process that made it, and once: a second delivery of a
     # stored record would be answered 201 again (de-duplicated), so count the 201s.
-    stored_answers = Counter(
-        r.record["transactionId"] for r in api.received if r.status == 201 and r.record
-    )
-    assert set(stored_answers) == {r["transactionId"] for r in records}
-    assert set(stored_answers.values()) == {1}, stored_answers
+    for fake, trace, calls in ((api, "parent", 12), (child_api, "child", 1)):
+        records = fake.records
+        assert Counter(r.get("traceId") for r in records) == {trace: calls}, trace
+        stored_answers = Counter(
+            r.record["transactionId"] for r in fake.received if r.status == 201 and r.record
+        )
+        assert set(stored_answers) == {r["transactionId"] for r in records}
+        assert set(stored_answers.values()) == {1}, stored_answers
+    if spool:
+        assert not list((tmp_path / "spool").glob("*.jsonl*"))  # all finished, none left
 
 
 SIGNAL_CHILD = """

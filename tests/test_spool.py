@@ -131,6 +131,33 @@ def test_size_bound_drops_oldest_unclaimed_and_counts(tmp_path: Path) -> None:
     assert ids(spool.claim(100)) == ["tx-6", "tx-7"]
 
 
+def test_writes_measure_the_spool_when_it_may_be_over_its_bound_or_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Measuring takes a stat() per file: after a long outage, thousands, too many for each
+    # of the writes that come every few tens of ms (32 ms a write at 10,000 files, measured).
+    one_file = len(b"".join(r.body for r in (rec(0, 900), rec(1, 900)))) + 100  # ~2 KB
+    spool = open_spool(tmp_path, max_mb=4.5 * one_file / (1024 * 1024))
+    measure = spool._entries
+    measured: list[int] = []
+
+    def counted() -> list[tuple[str, int, bool]]:
+        measured.append(1)
+        return measure()
+
+    monkeypatch.setattr(spool, "_entries", counted)
+    for i in range(0, 8, 2):
+        assert spool.put([rec(i, 900), rec(i + 1, 900)]) == 0
+    assert len(measured) == 1  # the first write; the others fit what it measured
+    other = open_spool(tmp_path)  # another writer takes the spool over the bound
+    other.put([rec(100, 900), rec(101, 900)])
+    assert spool.put([rec(10)]) == 0  # within the bound as far as this writer knows
+    assert len(measured) == 1
+    monkeypatch.setattr("revenium_ollama_transport._spool.SIZE_CHECK_SECONDS", 0.0)
+    assert spool.put([rec(11)]) == 2  # measured (a second has gone by): the oldest file goes
+    assert len(measured) == 2
+
+
 def test_permissions(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:

@@ -3,6 +3,7 @@ or the next one, once each (real processes, the fake metering API, one spool dir
 
 from __future__ import annotations
 
+import os
 import signal
 import textwrap
 import time
@@ -14,8 +15,11 @@ import ollama
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport
+from revenium_ollama_transport._delivery import dispatcher
+from revenium_ollama_transport._spool import Spool, SpooledRecord
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
 
+from ._caller import stored_ids
 from ._processes import run_python
 from .conftest import API_KEY
 
@@ -202,7 +206,8 @@ DRAINER = textwrap.dedent(
     import revenium_ollama_transport as metering
     client = ollama.Client(host=sys.argv[1])
     for _ in range(int(sys.argv[2])):
-        client.chat(model="m", messages=[])
+        # The call's transaction id, to count records by id.
+        print(getattr(client.chat(model="m", messages=[]), "_revenium_transaction_id", None))
     if sys.argv[3] == "drain":  # stay until the shared spool is empty
         spool = Path(os.environ["REVENIUM_SPOOL_DIR"])
         deadline = time.monotonic() + 30
@@ -235,10 +240,13 @@ def test_four_processes_share_one_spool_while_the_api_flaps(
         api.set_mode("normal")
         for worker in workers:
             assert worker.result().returncode == 0, worker.result().stderr
+    made = {i for worker in workers for i in worker.result().stdout.split()}
+    assert len(made) == 100
     last = run_python(script, env, sim.url, "0", "drain")  # delivers what they left
     assert last.returncode == 0, last.stderr
     stored = api.wait_for_records(100, timeout=30.0)
     assert len({r["transactionId"] for r in stored}) == 100
+    assert stored_ids(api) == made  # every call's record, each once
     assert not list((tmp_path / "spool").glob("*.jsonl*"))
 
 
@@ -275,3 +283,60 @@ def test_without_a_key_the_spool_is_left_alone(
     run_python(script, env, sim.url, "2", "no")
     remaining = list((tmp_path / "spool").glob("*.jsonl*"))
     assert sum(p.read_bytes().count(b"\n") for p in remaining) == 3  # kept, not dropped
+
+
+def test_shutdown_gives_back_the_files_its_replay_had_claimed(
+    tmp_path: Path, metered: FakeMeteringAPI
+) -> None:
+    directory = tmp_path / "spool"
+    earlier = Spool.open(str(directory), 10.0)
+    assert earlier is not None
+    for file in range(10):
+        earlier.put([SpooledRecord(f"tx-{file}-{n}", b'{"n": 1}') for n in range(2)])
+    earlier.close()  # as a process that ended, leaving 10 files of 2 records
+    assert metering.shutdown(5.0)  # the thread started next replays the spool first thing
+    metering.configure(spool_dir=str(directory))
+    metered.latency = 1.0
+    metered.respond_with(201, times=20)  # stored, whatever the (made up) records say
+    dispatcher.start_if_spooled()
+    # The replay sends each file's first record alone, then the second: shut down once the
+    # first ones are delivered, the second ones a second away from their answers.
+    wait_until(lambda: metering.stats().get("replayed", 0) >= 10, 10.0, "first records")
+    assert metering.shutdown(5.0)
+    assert metering.stats().get("replayed", 0) == 10
+    # Every file waiting again, none left claimed by an owner that lives on with this
+    # process (metering restarts on the next call, with a new owner).
+    assert not list(directory.glob("*.claimed-*"))
+    assert len(list(directory.glob("*.jsonl"))) == 10, sorted(os.listdir(directory))
+
+
+def test_records_keep_going_to_disk_while_the_api_holds_every_slot(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    # One slot, and room in memory for 10 records: the hanging API holds the slot, and
+    # records written ahead wait in memory for it, up to queue_size; beyond that the oldest
+    # of them wait in the spool instead (for the replay), so that later records still reach
+    # the disk at once rather than wait unwritten in the queue.
+    spool = tmp_path / "spool"
+    metering.configure(spool_dir=str(spool), queue_size=10, max_in_flight=1)
+    assert metering.shutdown(5.0)  # the restarted thread takes max_in_flight
+    metered.set_mode("hang")
+    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+
+    def on_disk() -> int:
+        return sum(p.read_bytes().count(b"\n") for p in spool.glob("*.jsonl*"))
+
+    try:
+        for made in range(5, 65, 5):
+            for _ in range(5):
+                client.chat(model="m", messages=[])
+            wait_until(lambda: on_disk() >= made, 5.0, f"{made} records on disk")  # noqa: B023 - used at once
+        assert metering.stats().get("dropped.queue_full", 0) == 0
+        metered.set_mode("normal")
+        stored = metered.wait_for_records(60, timeout=30.0)
+        assert len({r["transactionId"] for r in stored}) == 60
+    finally:
+        metered.set_mode("normal")
+        metering.flush(10.0)
+        metering.configure(reset=True)
+        metering.shutdown(10.0)  # the next test's thread starts with the defaults

@@ -628,6 +628,51 @@ def test_down_mode_closes_without_answering(api: FakeMeteringAPI, http: httpx.Cl
         api.set_mode("sideways")  # type: ignore[arg-type]
 
 
+def test_unavailable_mode_answers_503_and_stores_nothing(
+    api: FakeMeteringAPI, http: httpx.Client
+) -> None:
+    api.set_mode("unavailable")
+    answer = post(http, api, record())
+    assert (answer.status_code, answer.json()["error"]) == (503, "service_unavailable")
+    assert [r.status for r in api.received] == [503]
+    assert api.records == []
+    api.set_mode("unavailable", status=429, retry_after=2)  # a rate limit
+    answer = post(http, api, record())
+    assert (answer.status_code, answer.headers["retry-after"]) == (429, "2")
+    assert answer.json()["error"] == "too_many_requests"
+    assert [r.status for r in api.received] == [503, 429]
+    api.set_mode("normal")
+    assert post(http, api, record()).status_code == 201
+    with pytest.raises(ValueError):
+        api.set_mode("hang", status=429)
+
+
+def test_stop_listening_refuses_connections_then_serves_the_same_port_again(
+    api: FakeMeteringAPI, http: httpx.Client
+) -> None:
+    kept = record()
+    assert post(http, api, kept).status_code == 201
+    url, port = api.url, api.port
+    api.stop_listening()
+    assert not api.running
+    assert (api.url, api.port) == (url, port)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5.0).close()
+    with pytest.raises(httpx.ConnectError):  # the client's keep-alive connection was cut too
+        post(http, api, record())
+    with pytest.raises(RuntimeError):
+        api.stop_listening()
+    api.resume_listening()
+    assert api.running and api.port == port
+    assert post(http, api, record()).status_code == 201
+    assert len(api.records) == 2 and api.records[0] == kept  # the state outlived the outage
+    with pytest.raises(RuntimeError):
+        api.resume_listening()
+    api.stop_listening()
+    api.stop()  # also gives the kept port back
+    assert not api.running
+
+
 def test_api_key_is_checked_when_expected(api: FakeMeteringAPI, http: httpx.Client) -> None:
     api.expected_api_key = "hak_test"
     assert post(http, api, record()).status_code == 401

@@ -16,8 +16,8 @@ import orjson
 from ._metering_rules import validate_record
 from ._server import _Exchange, _LoopbackServer
 
-Mode = Literal["normal", "hang", "down"]
-_MODES: tuple[Mode, ...] = ("normal", "hang", "down")
+Mode = Literal["normal", "hang", "down", "unavailable"]
+_MODES: tuple[Mode, ...] = ("normal", "hang", "down", "unavailable")
 _ENDPOINT_SUFFIX = "/v2/ai/completions"
 _JSON = {"Content-Type": "application/json"}
 _Log = Callable[[int | None, str | None], None]  # appends to `received`; needs the lock held
@@ -69,6 +69,7 @@ class FakeMeteringAPI(_LoopbackServer):
         self.latency = 0.0  # seconds to wait before answering each request, as a remote API
         self._cond = threading.Condition()
         self._mode: Mode = "normal"
+        self._unavailable = _Canned(503, b"", {})  # the answer of mode "unavailable"
         self._canned: deque[_Canned] = deque()
         self._records: list[dict[str, Any]] = []
         self._received: list[ReceivedMetering] = []
@@ -92,16 +93,24 @@ class FakeMeteringAPI(_LoopbackServer):
         with self._cond:
             return self._mode
 
-    def set_mode(self, mode: Mode) -> None:
-        """Switch between "normal", "hang" (read requests, never answer) and "down" (close
-        connections without answering).
+    def set_mode(
+        self, mode: Mode, *, status: int = 503, retry_after: float | str | None = None
+    ) -> None:
+        """Switch between "normal", "hang" (read requests, never answer), "down" (close
+        connections without answering) and "unavailable" (answer every request `status`, with
+        `Retry-After: retry_after` when given, and store nothing: 503 for an outage, 429 for
+        a rate limit). For connections refused outright, see `stop_listening()`.
 
         Requests held by "hang" are dropped unanswered when the mode changes or on stop().
         """
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, not {mode!r}")
+        if mode != "unavailable" and (status != 503 or retry_after is not None):
+            raise ValueError('status and retry_after are for mode "unavailable"')
+        answer = _canned(status, retry_after, {"error": _phrase(status), "status": status}, None)
         with self._cond:
             self._mode = mode
+            self._unavailable = answer
             self._cond.notify_all()
 
     def respond_with(
@@ -121,20 +130,10 @@ class FakeMeteringAPI(_LoopbackServer):
             raise ValueError("times must be >= 1")
         if body is None:
             error = "idempotency_key_in_progress" if status == 409 else _phrase(status)
-            payload = _dumps({"error": error, "status": status})
-        elif isinstance(body, bytes):
-            payload = body
-        elif isinstance(body, str):
-            payload = body.encode()
-        else:
-            payload = _dumps(dict(body))
-        extra = {**_JSON, **(headers or {})}
-        if retry_after is not None:
-            if isinstance(retry_after, float) and retry_after.is_integer():
-                retry_after = int(retry_after)
-            extra["Retry-After"] = str(retry_after)
+            body = {"error": error, "status": status}
+        answer = _canned(status, retry_after, body, headers)
         with self._cond:
-            self._canned.extend(_Canned(status, payload, extra) for _ in range(times))
+            self._canned.extend(answer for _ in range(times))
 
     def wait_for_records(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Wait until at least `n` records are stored; returns them all. TimeoutError otherwise."""
@@ -194,10 +193,16 @@ class FakeMeteringAPI(_LoopbackServer):
 
         with self._cond:
             mode = self._mode
-            if mode != "normal":
+            unavailable = self._unavailable
+            if mode == "unavailable":
+                log(unavailable.status, "unavailable")
+            elif mode != "normal":
                 log(None, None)
             if mode == "hang":
                 self._cond.wait_for(lambda: self._mode != "hang" or self._stopping.is_set())
+        if mode == "unavailable":
+            exchange.send(unavailable.status, unavailable.body, unavailable.headers)
+            return
         if mode != "normal":
             exchange.abort()
             return
@@ -283,6 +288,26 @@ class FakeMeteringAPI(_LoopbackServer):
         with self._cond:
             log(status, message)
         exchange.send(status, _dumps(doc), _JSON)
+
+
+def _canned(
+    status: int,
+    retry_after: float | str | None,
+    body: Mapping[str, Any] | str | bytes,
+    headers: Mapping[str, str] | None,
+) -> _Canned:
+    if isinstance(body, bytes):
+        payload = body
+    elif isinstance(body, str):
+        payload = body.encode()
+    else:
+        payload = _dumps(dict(body))
+    extra = {**_JSON, **(headers or {})}
+    if retry_after is not None:
+        if isinstance(retry_after, float) and retry_after.is_integer():
+            retry_after = int(retry_after)
+        extra["Retry-After"] = str(retry_after)
+    return _Canned(status, payload, extra)
 
 
 def _phrase(status: int) -> str:

@@ -265,38 +265,84 @@ class _LoopbackServer:
         self._stopping = threading.Event()
         self._lifecycle = threading.Lock()
         self._accepted_before = 0  # connections of servers already stopped
+        # Between stop_listening() and resume_listening(): a socket bound to the port and not
+        # listening, so that connections are refused and nobody else takes the port.
+        self._placeholder: socket.socket | None = None
 
     def start(self: _S) -> _S:
         with self._lifecycle:
-            if self._server is None:
-                self._stopping.clear()
-                server = _HTTPServer(self, self._address)
-                thread = threading.Thread(
-                    target=server.serve_forever,
-                    kwargs={"poll_interval": _POLL_INTERVAL},
-                    name=f"{type(self).__name__}-accept",
-                    daemon=True,
-                )
-                thread.start()
-                self._server, self._thread = server, thread
+            if self._server is None and self._placeholder is None:
+                self._serve(self._address)
         return self
+
+    def _serve(self, address: tuple[str, int]) -> None:
+        """Listen on ``address`` (port 0: an ephemeral one). Called with ``_lifecycle`` held."""
+        self._stopping.clear()
+        server = _HTTPServer(self, address)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": _POLL_INTERVAL},
+            name=f"{type(self).__name__}-accept",
+            daemon=True,
+        )
+        thread.start()
+        self._server, self._thread = server, thread
 
     def stop(self) -> None:
         """Stop serving and close every connection; idempotent, never waits on a client."""
         with self._lifecycle:
-            server, thread = self._server, self._thread
-            if server is None or thread is None:
-                return
-            self._stopping.set()
-            self._wake_waiters()
-            server.shutdown()
-            workers = server.close_connections()
-            server.server_close()
-            thread.join(_JOIN_TIMEOUT)
-            for worker in workers:
-                worker.join(_JOIN_TIMEOUT)
-            self._accepted_before += server.accepted
-            self._server = self._thread = None
+            self._close_server()
+            if self._placeholder is not None:
+                self._placeholder.close()
+                self._placeholder = None
+
+    def _close_server(self) -> None:
+        """Called with ``_lifecycle`` held."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        self._stopping.set()
+        self._wake_waiters()
+        server.shutdown()
+        workers = server.close_connections()
+        server.server_close()
+        thread.join(_JOIN_TIMEOUT)
+        for worker in workers:
+            worker.join(_JOIN_TIMEOUT)
+        self._accepted_before += server.accepted
+        self._server = self._thread = None
+
+    def stop_listening(self) -> None:
+        """As a server that went away: live connections are cut and new ones are refused
+        (ECONNREFUSED) until ``resume_listening()``, which serves the same port again with the
+        state kept (records, modes, canned answers)."""
+        with self._lifecycle:
+            if self._server is None:
+                raise RuntimeError(f"{type(self).__name__} is not listening")
+            port = self.port
+            self._close_server()
+            placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                # Bound at once, with the same SO_REUSEADDR as the server (the cut connections
+                # linger in TIME_WAIT): the port stays ours, and with no listen() nothing is
+                # accepted; the kernel answers connection attempts with a reset.
+                placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                placeholder.bind((self._address[0], port))
+            except OSError:
+                placeholder.close()
+                raise
+            self._placeholder = placeholder
+
+    def resume_listening(self) -> None:
+        """Serve again on the port ``stop_listening()`` kept."""
+        with self._lifecycle:
+            placeholder = self._placeholder
+            if placeholder is None:
+                raise RuntimeError(f"{type(self).__name__} was not stopped by stop_listening()")
+            port = int(placeholder.getsockname()[1])
+            placeholder.close()
+            self._placeholder = None
+            self._serve((self._address[0], port))
 
     @property
     def running(self) -> bool:
@@ -304,6 +350,8 @@ class _LoopbackServer:
 
     @property
     def port(self) -> int:
+        if self._placeholder is not None:  # not listening for now, the port kept
+            return int(self._placeholder.getsockname()[1])
         if self._server is None:
             raise RuntimeError(f"{type(self).__name__} is not started; call start() first")
         return int(self._server.server_address[1])
