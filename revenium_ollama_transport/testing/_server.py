@@ -359,9 +359,12 @@ class _LoopbackServer:
     @property
     def host(self) -> str:
         """`127.0.0.1:PORT` (the bound address and port)."""
-        if self._server is None:
+        if self._placeholder is not None:  # not listening for now, the address kept
+            address = self._placeholder.getsockname()[0]
+        elif self._server is not None:
+            address = self._server.server_address[0]
+        else:
             raise RuntimeError(f"{type(self).__name__} is not started; call start() first")
-        address = self._server.server_address[0]
         host = address.decode() if isinstance(address, bytes) else address
         return f"{host}:{self.port}"
 
