@@ -11,13 +11,12 @@ then it waits until every record is stored there.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 
-import httpx
 import ollama
-from bench_transport import API_PROCESS, SMALL, ollama_mock
+from _metering_api import MeteringAPIProcess
+from _ollama_mock import SMALL, mock_transport
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport
@@ -28,21 +27,12 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--latency", type=float, default=0.020)
     args = parser.parse_args()
-    api = subprocess.Popen(
-        [sys.executable, "-c", API_PROCESS, str(args.latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert api.stdin is not None and api.stdout is not None
-    try:
-        metering.configure(
-            api_key="hak_bench", base_url=api.stdout.readline().strip(), queue_size=1_000_000
-        )
+    with MeteringAPIProcess(args.latency) as api:
+        metering.configure(api_key="hak_bench", base_url=api.url, queue_size=1_000_000)
         in_flight = metering._config.current().max_in_flight
         client = ollama.Client(
             host="http://ollama.bench",
-            transport=ReveniumTransport(httpx.MockTransport(ollama_mock)),
+            transport=ReveniumTransport(mock_transport()),
         )
         started = time.perf_counter()
         for _ in range(args.records):
@@ -51,12 +41,7 @@ def main() -> int:
         during = int(metering.stats().get("delivered", 0))
         assert metering.flush(300.0), "records still undelivered after 300 s"
         delivered = time.perf_counter() - started
-        api.stdin.write("count\n")
-        api.stdin.flush()
-        stored = int(api.stdout.readline())
-    finally:
-        api.stdin.close()
-        api.wait(10)
+        stored = api.count()
     stats = metering.stats()
     print(
         f"{args.records} records, metering API answering after {args.latency * 1000:.0f} ms, "
