@@ -105,9 +105,10 @@ WORKER_ENVIRONMENT = {
 class Worker:
     """A contender's worker process, and what it answered."""
 
-    def __init__(self, contender: Contender, logs: Path) -> None:
+    def __init__(self, contender: Contender, logs: Path, replica: int = 0) -> None:
         self.contender = contender
-        self.log_path = logs / f"{contender.name}.log"
+        self.replica = replica
+        self.log_path = logs / f"{contender.name}.{replica}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, str(WORKER), contender.name],
@@ -177,8 +178,10 @@ class Results:
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def run_scenarios(workers: list[Worker], rounds: int, warmup: int, results: Results) -> None:
-    for scenario in SCENARIOS:
+def run_scenarios(
+    workers: list[Worker], scenarios: list[Scenario], rounds: int, warmup: int, results: Results
+) -> None:
+    for scenario in scenarios:
         live = [w for w in workers if w.error is None]
         for worker in live:
             answer = worker.ask(op="run", scenario=scenario.name, n=scenario.batch * warmup)
@@ -197,7 +200,7 @@ def run_scenarios(workers: list[Worker], rounds: int, warmup: int, results: Resu
                     results.times.setdefault(key, []).extend(answer["us"])
         for worker in live:
             key = (worker.contender.name, scenario.name)
-            if key not in results.errors:
+            if key not in results.errors and worker.replica == 0:
                 answer = worker.ask(op="check", scenario=scenario.name)
                 results.checks[key] = answer.get("check") or answer.get("error", "?")
                 worker.blocked = answer.get("blocked", worker.blocked)
@@ -372,7 +375,7 @@ def memory_lines(contenders: list[Contender], calls: int, results: Results) -> l
             continue
         samples: list[list[int]] = found["samples"]
         if not header_done:
-            marks = "".join(f" {f'@{n // 1000}k':>7}" for n, _ in samples)
+            marks = "".join(f" {f'@{n / 1000:g}k':>7}" for n, _ in samples)
             lines.append(f"  {'contender':<46}{marks} {'peak':>7}  bytes/call after 25%")
             header_done = True
         values = "".join(f" {kib / 1024:7.1f}" for _, kib in samples)
@@ -431,12 +434,17 @@ def target_lines(results: Results, calls: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=40, help="rounds of every scenario")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds of every scenario")
+    parser.add_argument("--replicas", type=int, default=2, help="worker processes per contender")
     parser.add_argument("--warmup", type=int, default=3, help="batches before timing")
     parser.add_argument("--import-runs", type=int, default=7)
     parser.add_argument("--memory-calls", type=int, default=100_000, help="0: skip")
     parser.add_argument("--only", help="contenders, comma-separated (the baseline always)")
+    parser.add_argument("--scenarios", help="scenarios, comma-separated (default: all)")
     args = parser.parse_args()
+    scenarios = SCENARIOS
+    if args.scenarios:
+        scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
     contenders = CONTENDERS
     if args.only:
         wanted = {"baseline", *args.only.split(",")}
@@ -446,12 +454,20 @@ def main() -> int:
     results = Results()
     logs = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     print(f"worker logs in {logs}", file=sys.stderr, flush=True)
-    workers = [Worker(c, logs) for c in contenders]
+    # Each replica a process of its own: how a process happens to be laid out in memory
+    # moves its figures by a few microseconds, the same way for its whole life.
+    workers = [Worker(c, logs, r) for r in range(args.replicas) for c in contenders]
+    for worker in workers:
+        failed = next(
+            (w.error for w in workers if w.contender == worker.contender and w.error), None
+        )
+        worker.error = worker.error or failed
     try:
-        run_scenarios(workers, args.rounds, args.warmup, results)
+        run_scenarios(workers, scenarios, args.rounds, args.warmup, results)
     finally:
         for worker in workers:
             worker.close()
+    workers = [w for w in workers if w.replica == 0]  # one row each from here on
     if args.import_runs:
         run_imports(contenders, args.import_runs, results)
     if args.memory_calls:
@@ -461,11 +477,12 @@ def main() -> int:
         "Per-call cost of metering / observing the ollama client, over an in-process "
         "mock of Ollama",
         *header,
-        f"{args.rounds} rounds; in each, every contender's worker makes one batch of calls, "
-        "in an order rotating every round; figures over every call of every round",
+        f"{args.rounds} rounds; in each, each of the {args.replicas} worker processes of every "
+        "contender makes one batch of calls, in an order rotating every round; figures over "
+        "every call of every round",
         "",
     ]
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         out += scenario_block(scenario, workers, results)
         out.append("")
     if args.import_runs:

@@ -554,7 +554,8 @@ def memory(contender: str, calls: int, out: Any) -> int:
         chat()
     gc.collect()
     samples = [(warm, rss_kib())]
-    marks = sorted({calls // 10, calls // 4, calls // 2, calls * 3 // 4, calls})
+    marks = sorted({m for m in (calls // 10, calls // 4, calls // 2, calls * 3 // 4) if m > warm})
+    marks.append(calls)
     made = warm
     started = time.perf_counter()
     for mark in marks:
