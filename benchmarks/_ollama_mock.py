@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import statistics
+import sys
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
@@ -142,9 +143,10 @@ def mock_transport(family: str = "httpx") -> Any:
 
 
 def openai_family() -> str:
-    """The HTTP library the installed openai SDK runs on: httpx2 for 3.x, else httpx."""
-    base = importlib.import_module("openai._base_client")
-    return str(base.httpx.__name__).partition(".")[0]
+    """The HTTP library the installed openai SDK runs on: httpx2 for 3.x (which imports
+    it), else httpx."""
+    importlib.import_module("openai")
+    return "httpx2" if "httpx2" in sys.modules else "httpx"
 
 
 def median(values: list[float]) -> float:

@@ -173,6 +173,7 @@ def worker_environment() -> dict[str, str]:
 class Results:
     times: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     checks: dict[tuple[str, str], str] = field(default_factory=dict)
+    cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     errors: dict[tuple[str, str], str] = field(default_factory=dict)
     imports: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -183,8 +184,12 @@ def run_scenarios(
 ) -> None:
     for scenario in scenarios:
         live = [w for w in workers if w.error is None]
+        if not live:
+            continue
         for worker in live:
-            answer = worker.ask(op="run", scenario=scenario.name, n=scenario.batch * warmup)
+            answer = worker.ask(
+                op="run", scenario=scenario.name, n=scenario.batch * warmup, warmup=True
+            )
             if "error" in answer:
                 results.errors[(worker.contender.name, scenario.name)] = answer["error"]
         for round_number in range(rounds):
@@ -200,6 +205,10 @@ def run_scenarios(
                     results.times.setdefault(key, []).extend(answer["us"])
         for worker in live:
             key = (worker.contender.name, scenario.name)
+            if key not in results.errors:
+                answer = worker.ask(op="cpu", scenario=scenario.name)
+                if "cpu_us" in answer:
+                    results.cpu.setdefault(key, []).append(answer["cpu_us"])
             if key not in results.errors and worker.replica == 0:
                 answer = worker.ask(op="check", scenario=scenario.name)
                 results.checks[key] = answer.get("check") or answer.get("error", "?")
@@ -303,7 +312,7 @@ def scenario_block(scenario: Scenario, workers: list[Worker], results: Results) 
     header = (
         f"  {'contender':<46} {'median':>9} {'p95':>9} {'added':>8} {'ratio':>6}"
         + (f" {'/chunk':>7}" if per_chunk else "")
-        + "  tokens recorded"
+        + f" {'CPU':>8}  tokens recorded"
     )
     lines = [scenario.label, header]
     for worker in workers:
@@ -321,6 +330,8 @@ def scenario_block(scenario: Scenario, workers: list[Worker], results: Results) 
             lines.append(f"{label} {'no record':>9}")
             continue
         times = results.times[key]
+        cpu = results.cpu.get(key)
+        cpu_text = f" {sum(cpu) / len(cpu):8.1f}" if cpu else f" {'?':>8}"
         m = median(times)
         row = f"{label} {m:9.1f} {p95(times):9.1f}"
         if base is None or name == "baseline":
@@ -329,7 +340,7 @@ def scenario_block(scenario: Scenario, workers: list[Worker], results: Results) 
             row += f" {m - base:+8.2f} {m / base:6.3f}"
             if per_chunk:
                 row += f" {(m - base) / scenario.chunks:+7.3f}"
-        lines.append(f"{row}  {check}")
+        lines.append(f"{row}{cpu_text}  {check}")
     return lines
 
 
@@ -480,6 +491,9 @@ def main() -> int:
         f"{args.rounds} rounds; in each, each of the {args.replicas} worker processes of every "
         "contender makes one batch of calls, in an order rotating every round; figures over "
         "every call of every round",
+        "median / p95: wall time per call, us; added / ratio: against the baseline's median; "
+        "CPU: process CPU time per call, us, all threads, what the contender collected "
+        "delivered or exported (flushed) included",
         "",
     ]
     for scenario in scenarios:

@@ -4,7 +4,10 @@ Each contender instruments globally (patches ``ollama``, ``openai`` or httpx), s
 runs in its own process: ``python compare_worker.py CONTENDER`` sets the contender up,
 says it is ready, then runs what ``compare.py`` asks for, one JSON line in and one out:
 
-- ``{"op": "run", "scenario": S, "n": N}``: N timed calls -> ``{"us": [...]}``;
+- ``{"op": "run", "scenario": S, "n": N}``: N timed calls -> ``{"us": [...]}`` (with
+  ``"warmup": true``, untimed, then what they collected flushed);
+- ``{"op": "cpu", "scenario": S}``: once the contender has flushed what it collected, the
+  process's CPU time (all threads) per call of S so far -> ``{"cpu_us": ...}``;
 - ``{"op": "check", "scenario": S}``: one call, then what the contender recorded for it
   -> ``{"check": "ok" | "no record" | "wrong: ..."}``;
 - ``{"op": "quit"}``.
@@ -414,8 +417,8 @@ class Scenarios:
             self.openai = openai.OpenAI(
                 base_url=f"{OLLAMA_URL}/v1/", api_key="ollama", http_client=http
             )
-        except ImportError:
-            pass
+        except Exception as exc:  # no openai SDK, or one this cannot drive
+            setup.notes.append(f"no openai scenario: {type(exc).__name__}: {exc}")
         self.calls: dict[str, Callable[[], object]] = {
             "chat_small": lambda: self.client.chat(model=MODEL, messages=SMALL),
             "chat_2kb": lambda: self.client.chat(model=MODEL, messages=LARGE),
@@ -488,9 +491,9 @@ def serve(contender: str, out: Any) -> int:
     except Exception as exc:
         send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
-    if scenarios.openai is None:
-        setup.notes.append("openai SDK not installed")
     send({"ready": True, "notes": setup.notes, "blocked": blocked})
+    cpu_started: dict[str, float] = {}  # scenario -> process CPU time before its first call
+    calls: dict[str, int] = {}
     try:
         for line in sys.stdin:
             command = orjson.loads(line)
@@ -501,10 +504,22 @@ def serve(contender: str, out: Any) -> int:
             if scenario == "openai_stream" and scenarios.openai is None:
                 send({"error": "the openai SDK is not installed"})
             elif op == "run":
-                times = scenarios.timed(scenario, int(command["n"]))
+                n = int(command["n"])
+                if command.get("warmup"):
+                    scenarios.timed(scenario, n)
+                    setup.flush()  # warm-up records delivered before the CPU clock starts
+                    send({"us": []})
+                    continue
+                cpu_started.setdefault(scenario, time.process_time())
+                calls[scenario] = calls.get(scenario, 0) + n * EXPECTED[scenario][0]
+                times = scenarios.timed(scenario, n)
                 if isinstance(setup.sink, SpanSink):
                     setup.sink.exporter.clear()  # in-memory spans: not let to pile up
                 send({"us": times})
+            elif op == "cpu":
+                setup.flush()  # what was collected, delivered / exported: its CPU counted
+                spent = time.process_time() - cpu_started[scenario]
+                send({"cpu_us": spent / max(1, calls[scenario]) * 1e6})
             elif op == "check":
                 send({"check": check(scenarios, setup, scenario), "blocked": blocked})
     finally:
