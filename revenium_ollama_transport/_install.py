@@ -159,9 +159,12 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
             finally:
                 call_metadata.reset(token)
         after = last.observation
-        if after is not None and after is not before:
+        if after is not before and after is not None:
+            transaction = after.transaction  # the transaction_id property, inlined
+            if transaction.__class__ is not str:
+                transaction = after.transaction_id
             try:  # noqa: SIM105 - on every call: suppress() would cost a context manager
-                object.__setattr__(result, TRANSACTION_ATTRIBUTE, after.transaction_id)
+                result.__dict__[TRANSACTION_ATTRIBUTE] = transaction  # as tag()
             except (AttributeError, TypeError):
                 pass
         return result
