@@ -36,7 +36,6 @@ import contextlib
 import logging
 import os
 import secrets
-import sys
 import threading
 import time
 import weakref
@@ -46,6 +45,9 @@ from pathlib import Path
 
 import orjson
 
+from ._spool_dir import APP_DIR as APP_DIR  # noqa: PLC0414 - re-exported
+from ._spool_dir import SUFFIX, default_dir, has_waiting
+
 try:
     import fcntl as _fcntl
 except ImportError:  # Windows: no cross-process claim, see the module docstring
@@ -53,10 +55,9 @@ except ImportError:  # Windows: no cross-process claim, see the module docstring
 
 logger = logging.getLogger("revenium_ollama_transport")
 
-APP_DIR = "revenium-ollama-transport"
 STALE_CLAIM_SECONDS = 600.0  # only without fcntl
 
-_SUFFIX = ".jsonl"
+_SUFFIX = SUFFIX
 _CLAIMED = ".claimed-"
 _TMP = ".tmp-"
 _LOCKS = "locks"
@@ -76,19 +77,6 @@ class Claim:
     path: Path
     _waiting_name: str = field(repr=False)
     _owner: str = field(repr=False)
-
-
-def default_dir() -> Path:
-    """The user's cache directory / revenium-ollama-transport / spool."""
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = str(Path.home() / "Library" / "Caches")
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME", "")
-        # The XDG spec: a relative path is invalid and is to be ignored.
-        base = xdg if os.path.isabs(xdg) else str(Path.home() / ".cache")
-    return Path(base) / APP_DIR / "spool"
 
 
 def _line(record: SpooledRecord) -> bytes:
@@ -145,17 +133,8 @@ class Spool:
 
     @staticmethod
     def has_waiting(setting: str | None) -> bool:
-        """Whether the spool ``setting`` names holds records (one directory listing, no
-        side effect): a process that starts with some delivers them even if it makes no
-        metered call of its own."""
-        setting = (setting or "").strip()
-        if setting.lower() == "off":
-            return False
-        directory = Path(os.path.expanduser(setting)) if setting else default_dir()
-        try:
-            return any(_SUFFIX in name for name in os.listdir(directory))
-        except OSError:
-            return False
+        """Whether the spool ``setting`` names holds records (see ``_spool_dir``)."""
+        return has_waiting(setting)
 
     @classmethod
     def open(cls, setting: str | None, max_mb: float) -> Spool | None:
