@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import subprocess
@@ -38,6 +39,7 @@ class Contender:
     label: str
     packages: tuple[str, ...] = ()
     import_time: bool = True
+    default: bool = True  # False: run only when named by --only
 
 
 CONTENDERS = [
@@ -51,6 +53,13 @@ CONTENDERS = [
         "revenium-ollama-transport, explicit transport",
         ("revenium-ollama-transport",),
         import_time=False,  # the same import as installed
+    ),
+    Contender(
+        "ours-caller-only",
+        "revenium-ollama-transport, records discarded",
+        ("revenium-ollama-transport",),
+        import_time=False,
+        default=False,  # a diagnostic: the caller's path without the delivery thread's work
     ),
     Contender("revenium-sdk", "revenium-python-sdk (Ollama middleware)", ("revenium-python-sdk",)),
     Contender(
@@ -456,11 +465,17 @@ def main() -> int:
     parser.add_argument("--memory-calls", type=int, default=100_000, help="0: skip")
     parser.add_argument("--only", help="contenders, comma-separated (the baseline always)")
     parser.add_argument("--scenarios", help="scenarios, comma-separated (default: all)")
+    parser.add_argument("--batch-scale", type=float, default=1.0, help="calls per batch x")
     args = parser.parse_args()
     scenarios = SCENARIOS
     if args.scenarios:
         scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
-    contenders = CONTENDERS
+    if args.batch_scale != 1.0:
+        scenarios = [
+            dataclasses.replace(s, batch=max(1, round(s.batch * args.batch_scale)))
+            for s in scenarios
+        ]
+    contenders = [c for c in CONTENDERS if c.default]
     if args.only:
         wanted = {"baseline", *args.only.split(",")}
         contenders = [c for c in CONTENDERS if c.name in wanted]

@@ -304,6 +304,16 @@ def _ours(installed: bool, down: int | None) -> Setup:
     return setup
 
 
+def _ours_caller_only(down: int | None) -> Setup:
+    """Installed, every record discarded as it is made: the caller's path alone, without
+    the delivery thread's work (a diagnostic, not a way anyone would run it)."""
+    os.environ["REVENIUM_SPOOL_DIR"] = "off"
+    importlib.import_module("revenium_ollama_transport")
+    sink: Any = importlib.import_module("revenium_ollama_transport._sink")
+    sink.set_default_sink(lambda observation: None)
+    return Setup(records=False)
+
+
 def _revenium_sdk(down: int | None, openai_too: bool = True) -> Setup:
     setup = Setup()
     api: MeteringAPIProcess | None = None
@@ -369,6 +379,7 @@ CONTENDERS: dict[str, Callable[[int | None], Setup]] = {
     "null-transport": lambda down: Setup(wrap=_null_transport, records=False),
     "ours-installed": lambda down: _ours(True, down),
     "ours-transport": lambda down: _ours(False, down),
+    "ours-caller-only": _ours_caller_only,
     "revenium-sdk": _revenium_sdk,
     "openllmetry": _openllmetry,
     "openlit": _openlit,
