@@ -613,6 +613,8 @@ def main() -> int:
     os.dup2(2, 1)  # a contender's prints go to stderr, never into the answers
     sys.stdout = sys.stderr
     sys.addaudithook(_guard)
+    if os.environ.get("BENCH_NO_GC"):  # a diagnostic: how much of a cost is collection
+        gc.disable()
     if args.import_time:
         return import_time(args.contender, out)
     if args.memory:
