@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test lint typecheck unit demo bench clean
+BENCH_VENV := .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed-bench
+
+.PHONY: test lint typecheck unit demo bench bench-self clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +30,23 @@ test: lint typecheck unit
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-bench: $(STAMP)
+# The comparison with other libraries: an environment of its own, never needed by make test.
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(BENCH_STAMP)
+
+# BENCH_ARGS, e.g. "--rounds 80" or "--only ours-installed,openlit": see compare.py --help.
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/compare.py $(BENCH_ARGS)
+
+# This package alone, in the test environment: its transport and installed paths side by
+# side with plain ollama in one process, and delivery throughput.
+bench-self: $(STAMP)
 	$(BIN)/python benchmarks/bench_transport.py
 	$(BIN)/python benchmarks/bench_delivery.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -23,43 +23,18 @@ import argparse
 import gc
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
 import ollama
-from bench_transport import API_PROCESS, SMALL, Methods, ollama_mock
+from _metering_api import MeteringAPIProcess
+from _ollama_mock import SMALL, mock_transport
+from bench_transport import Methods
 
 import revenium_ollama_transport as metering
-
-
-class FakeAPIProcess:
-    """The fake metering API in a child process (in this one its threads would compete
-    for the GIL)."""
-
-    def __init__(self, latency: float) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", API_PROCESS, str(latency)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.stdin, self.stdout = self.process.stdin, self.process.stdout
-        self.url = self.stdout.readline().strip()
-
-    def stored(self) -> int:
-        self.stdin.write("count\n")
-        self.stdin.flush()
-        return int(self.stdout.readline())
-
-    def close(self) -> None:
-        self.stdin.close()
-        self.process.wait(10)
 
 
 @dataclass(frozen=True)
@@ -71,8 +46,8 @@ class Throughput:
     stored: int
 
 
-def throughput(call: Callable[[], object], records: int, api: FakeAPIProcess) -> Throughput:
-    before = api.stored()
+def throughput(call: Callable[[], object], records: int, api: MeteringAPIProcess) -> Throughput:
+    before = api.count()
     delivered = int(metering.stats().get("delivered", 0))
     started = time.perf_counter()
     for _ in range(records):
@@ -86,7 +61,7 @@ def throughput(call: Callable[[], object], records: int, api: FakeAPIProcess) ->
         during_per_s=during / called,
         after_per_s=(records - during) / (finished - called),
         overall_per_s=records / finished,
-        stored=api.stored() - before,
+        stored=api.count() - before,
     )
 
 
@@ -120,7 +95,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=250, help="calls per round and client")
     args = parser.parse_args()
 
-    mock = httpx.MockTransport(ollama_mock)
+    mock = mock_transport()
     metering.uninstall()
     plain = Methods()  # ollama's own methods, taken while metering is not installed
     unmetered = ollama.Client(host="http://ollama.bench", transport=mock)
@@ -133,7 +108,7 @@ def main() -> int:
     def metered() -> object:
         return installed.chat(model="qwen2.5:0.5b", messages=SMALL)
 
-    api = FakeAPIProcess(args.latency)
+    api = MeteringAPIProcess(args.latency)
     results: dict[str, tuple[Throughput, float, float]] = {}
     try:
         # A queue deep enough that no record is dropped while the calls outpace delivery.

@@ -1,6 +1,6 @@
 """Per-call and per-chunk cost of the metering transport, side by side with no transport.
 
-Both clients talk to the same in-process ``httpx.MockTransport`` answering as Ollama does,
+All clients talk to the same in-process ``httpx.MockTransport`` answering as Ollama does,
 so the figures are the cost of the Python code on the call's path: the ollama client and
 httpx in the baseline, plus ours in the metered run. Calls alternate between the two
 clients, so both see the same machine state. Records are built and delivered for real
@@ -16,117 +16,20 @@ import argparse
 import gc
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
-import httpx
 import httpx2
 import ollama
 import openai
-import orjson
+from _metering_api import MeteringAPIProcess
+from _ollama_mock import LARGE, SMALL, STREAM_CHUNKS, median, mock_transport, p95
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport
-
-CREATED = "2024-07-22T20:16:05.213393Z"
-STREAM_CHUNKS = 200
-
-
-def chat_final(content: str) -> bytes:
-    return orjson.dumps(
-        {
-            "model": "qwen2.5:0.5b",
-            "created_at": CREATED,
-            "message": {"role": "assistant", "content": content},
-            "done": True,
-            "done_reason": "stop",
-            "total_duration": 312_345_678,
-            "load_duration": 12_345_678,
-            "prompt_eval_count": 26,
-            "prompt_eval_duration": 45_678_901,
-            "eval_count": 7,
-            "eval_duration": 234_567_890,
-        }
-    )
-
-
-NON_STREAMED = chat_final("Rayleigh scattering makes short wavelengths scatter more.")
-CHUNK = (
-    b'{"model":"qwen2.5:0.5b","created_at":"2024-07-22T20:16:05.213393Z",'
-    b'"message":{"role":"assistant","content":" tok"},"done":false}\n'
-)
-FINAL_LINE = chat_final("") + b"\n"
-EMBED = orjson.dumps(
-    {
-        "model": "all-minilm",
-        "embeddings": [[0.0123456789] * 384],
-        "total_duration": 14_000_000,
-        "load_duration": 1_000_000,
-        "prompt_eval_count": 8,
-    }
-)
-
-
-class Chunks(httpx.SyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = chunks
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._chunks
-
-
-STREAM = [CHUNK] * STREAM_CHUNKS + [FINAL_LINE]
-JSON_HEADERS = {"content-type": "application/json; charset=utf-8"}
-
-
-def ollama_mock(request: httpx.Request) -> httpx.Response:
-    # Bodies are handed over as streams, as a network transport does, not pre-read.
-    if request.url.path == "/api/embed":
-        return httpx.Response(200, headers=JSON_HEADERS, stream=Chunks([EMBED]))
-    if b'"stream":true' in request.content:
-        headers = {"content-type": "application/x-ndjson"}
-        return httpx.Response(200, headers=headers, stream=Chunks(STREAM))
-    return httpx.Response(200, headers=JSON_HEADERS, stream=Chunks([NON_STREAMED]))
-
-
-def sse_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    chunk = {
-        "id": "chatcmpl-7",
-        "object": "chat.completion.chunk",
-        "created": 1735787045,
-        "model": "qwen2.5:0.5b",
-        "system_fingerprint": "fp_ollama",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-SSE_STREAM = [
-    sse_chunk({"role": "assistant", "content": " tok"}),
-    *[sse_chunk({"content": " tok"})] * (STREAM_CHUNKS - 1),
-    sse_chunk({}, "stop"),
-]
-SSE_USAGE = (
-    b'data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":1735787045,'
-    b'"model":"qwen2.5:0.5b","system_fingerprint":"fp_ollama","choices":[],"usage":'
-    b'{"prompt_tokens":26,"completion_tokens":200,"total_tokens":226}}\n\n'
-)
-
-
-def openai_mock(request: httpx2.Request) -> httpx2.Response:
-    # As Ollama: the usage event only when the request asked for it.
-    events = [*SSE_STREAM, *([SSE_USAGE] if b"include_usage" in request.content else [])]
-    headers = {"content-type": "text/event-stream"}
-    return httpx2.Response(200, headers=headers, content=iter([*events, b"data: [DONE]\n\n"]))
-
-
-SMALL = [{"role": "user", "content": "Why is the sky blue?"}]
-LARGE = [{"role": "user", "content": "Summarise this: " + "lorem ipsum dolor sit amet " * 75}]
 
 
 class Methods:
@@ -179,27 +82,10 @@ def openai_scenario(client: openai.OpenAI) -> dict[str, Callable[[], object]]:
     }
 
 
-# The fake metering API in a child process: prints its URL, then the number of records it
-# stored when asked (a line on stdin). An argument makes it answer after that many seconds.
-API_PROCESS = """
-import sys
-from revenium_ollama_transport.testing import FakeMeteringAPI
-with FakeMeteringAPI() as api:
-    api.latency = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
-    print(api.url, flush=True)
-    for _ in sys.stdin:
-        print(len(api.records), flush=True)
-"""
-
-
 def timed(call: Callable[[], object]) -> float:
     start = time.perf_counter_ns()
     call()
     return (time.perf_counter_ns() - start) / 1000.0
-
-
-def p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20)[-1]
 
 
 def main() -> int:
@@ -210,8 +96,8 @@ def main() -> int:
     # Three clients over the same mock: ollama as it is; an explicit ReveniumTransport; and
     # metering installed by the import (transport wrapped in place, and the wrapper that
     # takes usage_metadata= and tags responses with their transaction id).
-    mock = httpx.MockTransport(ollama_mock)
-    sse_mock = httpx2.MockTransport(openai_mock)
+    mock = mock_transport("httpx")
+    sse_mock = mock_transport("httpx2")
     metering.uninstall()
     plain_methods = Methods()
     baseline = ollama.Client(host="http://ollama.bench", transport=mock)
@@ -234,7 +120,7 @@ def main() -> int:
     )
     print(
         f"medians of {args.rounds} calls per scenario and client ({args.rounds // 6} streamed), "
-        "the clients taking turns; microseconds; (+added, ratio to baseline)\n"
+        "the clients taking turns in a rotating order; microseconds; (+added, ratio to baseline)\n"
     )
     header = (
         f"{'scenario':<26} {'baseline':>9} {'p95':>7} | {'transport':>9} {'added':>7}"
@@ -242,18 +128,9 @@ def main() -> int:
     )
     print(header)
     print("-" * len(header))
-    api = subprocess.Popen(
-        [sys.executable, "-c", API_PROCESS],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert api.stdin is not None and api.stdout is not None
-    try:
+    with MeteringAPIProcess() as api:
         # A queue deep enough that no record is dropped while the calls outpace delivery.
-        metering.configure(
-            api_key="hak_bench", base_url=api.stdout.readline().strip(), queue_size=1_000_000
-        )
+        metering.configure(api_key="hak_bench", base_url=api.url, queue_size=1_000_000)
         per_chunk: list[str] = []
         for name in contenders["baseline"]:
             calls = [(who, runs[name]) for who, runs in contenders.items()]
@@ -265,20 +142,19 @@ def main() -> int:
                     call()
             gc.collect()
             times: dict[str, list[float]] = {who: [] for who, _ in calls}
-            for _ in range(rounds):
-                for who, call in calls:
+            for round_number in range(rounds):
+                # The order rotates: no client always runs right after the same other one.
+                turn = round_number % len(calls)
+                for who, call in calls[turn:] + calls[:turn]:
                     times[who].append(timed(call))
-            base = statistics.median(times["baseline"])
+            base = median(times["baseline"])
             line = f"{name:<26} {base:9.1f} {p95(times['baseline']):7.1f}"
             for who in ("transport", "installed"):
-                median = statistics.median(times[who])
-                line += (
-                    f" | {median:9.1f} {median - base:+7.2f} {median / base:6.3f}"
-                    f" {p95(times[who]):7.1f}"
-                )
+                mid = median(times[who])
+                line += f" | {mid:9.1f} {mid - base:+7.2f} {mid / base:6.3f} {p95(times[who]):7.1f}"
                 if "stream" in name or "SSE" in name:
                     per_chunk.append(
-                        f"{name.split(',')[0]}, {who} {(median - base) / STREAM_CHUNKS:.3f} us"
+                        f"{name.split(',')[0]}, {who} {(mid - base) / STREAM_CHUNKS:.3f} us"
                     )
             print(line)
         print("\nadded per streamed chunk (call overhead included): " + "; ".join(per_chunk))
@@ -301,17 +177,12 @@ def main() -> int:
             f"({cpu['transport'] - cpu['baseline']:.1f} us per record, caller and delivery)"
         )
         stats = metering.stats()
-        api.stdin.write("count\n")
-        api.stdin.flush()
-        stored = api.stdout.readline().strip()
+        stored = api.count()
         print(
             f"records delivered to the fake metering API during the run: "
             f"{stats.get('delivered', 0)} of {stats.get('recorded', 0)} "
             f"({'all' if delivered else 'NOT all'} flushed); stored there: {stored}"
         )
-    finally:
-        api.stdin.close()
-        api.wait(10)
     return 0
 
 

@@ -12,12 +12,12 @@ import logging as _logging
 from typing import Any
 
 from . import _config, _log
-from ._delivery import DeliveryError
-from ._delivery import dispatcher as _dispatcher
+from ._config import DeliveryError
 from ._install import install, instrument, uninstall
 from ._metadata import MetadataError, usage_metadata
 from ._openai_client import async_openai_client, openai_client
-from ._sink import set_default_sink as _set_default_sink
+from ._sink import delivery as _load_delivery
+from ._sink import loaded_delivery as _loaded_delivery
 from ._stats import counters as _counters
 from ._transport import AsyncReveniumTransport, ReveniumTransport
 from ._version import __version__
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 _log.configure_from_environment()
-_set_default_sink(_dispatcher.submit)
 try:
     install()
 except ImportError:  # no usable ollama: the transports still work on their own
@@ -59,18 +58,20 @@ def configure(*, reset: bool = False, **settings: Any) -> None:
         _config.clear_overrides()
     if settings:
         _config.set_overrides(**settings)
-    _dispatcher.settings_changed()
+    dispatcher = _loaded_delivery()
+    if dispatcher is not None:  # else the dispatcher, when made, reads the settings afresh
+        dispatcher.settings_changed()
 
 
 def flush(timeout: float | None = 10.0) -> bool:
     """Blocks until every record so far is delivered or given up on; False on timeout."""
-    return _dispatcher.flush(timeout)
+    return _load_delivery().flush(timeout)
 
 
 def shutdown(timeout: float | None = 5.0) -> bool:
     """Delivers what it can within ``timeout`` and stops the delivery thread. Also runs at
     interpreter exit. Metering starts again by itself on the next call."""
-    return _dispatcher.shutdown(timeout)
+    return _load_delivery().shutdown(timeout)
 
 
 def stats() -> dict[str, float]:
@@ -80,6 +81,7 @@ def stats() -> dict[str, float]:
     ``oldest_undelivered_seconds``, how long the oldest record not yet delivered has
     waited, in memory or in the spool."""
     snapshot: dict[str, float] = dict(_counters.snapshot())
-    snapshot["queued"] = _dispatcher.queued()
-    snapshot["oldest_undelivered_seconds"] = round(_dispatcher.oldest_age(), 3)
+    dispatcher = _load_delivery()
+    snapshot["queued"] = dispatcher.queued()
+    snapshot["oldest_undelivered_seconds"] = round(dispatcher.oldest_age(), 3)
     return snapshot

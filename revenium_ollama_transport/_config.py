@@ -50,6 +50,17 @@ class Settings:
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
+@dataclass(frozen=True)
+class DeliveryError:
+    """What ``on_delivery_error`` is told about a record that was not delivered."""
+
+    transaction_id: str
+    reason: str  # "refused" (the API said no), "retries_exhausted", "internal_error"
+    status: int | None  # the HTTP status of the last answer, when there was one
+    message: str
+    record: dict[str, Any]
+
+
 def normalise_base_url(raw: str) -> tuple[str | None, str | None]:
     """Returns (normalised base, problem). The base always ends in a ``meter`` segment.
 

@@ -19,7 +19,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -32,6 +31,7 @@ from tenacity import (
 )
 
 from . import _config, _ids, _ledger, _metadata
+from ._config import DeliveryError
 from ._http import Reply, Sender, SendError, sender_for
 from ._log import secret_filter
 from ._observation import CallObservation
@@ -132,17 +132,6 @@ def _wait(max_wait: float) -> Callable[[RetryCallState], float]:
         return float(backoff(state))
 
     return wait
-
-
-@dataclass(frozen=True)
-class DeliveryError:
-    """What ``on_delivery_error`` is told about a record that was not delivered."""
-
-    transaction_id: str
-    reason: str  # "refused" (the API said no), "retries_exhausted", "internal_error"
-    status: int | None  # the HTTP status of the last answer, when there was one
-    message: str
-    record: dict[str, Any]
 
 
 class _Batch:

@@ -17,8 +17,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-from . import _signals, _sink
-from ._delivery import dispatcher
+from . import _config, _signals, _sink
 from ._import_hook import AfterImport
 from ._install_openai import install_openai
 from ._metadata import as_layer, check
@@ -28,6 +27,7 @@ from ._observation import (
     last_async_call,
     last_sync_call,
 )
+from ._spool_dir import has_waiting
 from ._stats import internal_failure
 from ._tagging import TRANSACTION_ATTRIBUTE, call_tagged_async, tag, transaction_id_between
 from ._transport import AsyncReveniumTransport, ReveniumTransport
@@ -159,9 +159,12 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
             finally:
                 call_metadata.reset(token)
         after = last.observation
-        if after is not None and after is not before:
+        if after is not before and after is not None:
+            transaction = after.transaction  # the transaction_id property, inlined
+            if transaction.__class__ is not str:
+                transaction = after.transaction_id
             try:  # noqa: SIM105 - on every call: suppress() would cost a context manager
-                object.__setattr__(result, TRANSACTION_ATTRIBUTE, after.transaction_id)
+                result.__dict__[TRANSACTION_ATTRIBUTE] = transaction  # as tag()
             except (AttributeError, TypeError):
                 pass
         return result
@@ -202,6 +205,23 @@ def _patch(owner: Any, name: str, value: Any) -> None:
     setattr(owner, name, value)
 
 
+def _deliver_on_signal() -> None:
+    # Records exist only once the delivery layer is loaded (their first one loads it).
+    dispatcher = _sink.loaded_delivery()
+    if dispatcher is not None:
+        dispatcher.shutdown_on_signal()
+
+
+def _start_if_spooled() -> None:
+    """Starts delivery at once when the spool holds records (from an earlier process); the
+    delivery layer is loaded only then."""
+    try:
+        if has_waiting(_config.current().spool_dir):
+            _sink.delivery().start_if_spooled()
+    except Exception:
+        internal_failure("spool-start")
+
+
 def _install_openai() -> None:
     with _lock:
         try:
@@ -239,8 +259,8 @@ def install() -> bool:
             _install_openai()
         else:
             _openai_hook.install()
-        _signals.install(dispatcher.shutdown_on_signal)
-        dispatcher.start_if_spooled()
+        _signals.install(_deliver_on_signal)
+        _start_if_spooled()
         return True
 
 

@@ -131,7 +131,12 @@ class CallObservation:
         self.content_type = content_type
         self.content_encoding = content_encoding
         body: list[bytes] = []
-        if status >= 400 or not self.streamed_response():
+        # streamed_response(), inlined: this runs on every call.
+        if (
+            status >= 400
+            or content_type is None
+            or (b"ndjson" if self.route.api == NATIVE else b"event-stream") not in content_type
+        ):
             self.body = body
             return body.append
         decode = None

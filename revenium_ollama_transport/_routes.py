@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ._wire._openai import Kind
 
@@ -49,3 +50,19 @@ def route_for(method: str, raw_path: bytes) -> Route | None:
     path = raw_path.partition(b"?")[0].rstrip(b"/")
     cut = max(path.rfind(b"/api/"), path.rfind(b"/v1/"))
     return _ROUTES.get(path[cut:] if cut > 0 else path)
+
+
+_BY_PATH: dict[str, Route] = {path.decode(): route for path, route in _ROUTES.items()}
+
+
+def route_for_url(method: str, url: Any) -> Route | None:
+    """``route_for(method, url.raw_path)``, without building ``raw_path`` in the common
+    case: an httpx / httpx2 URL whose path, with no query, is a route's own."""
+    if method != "POST":
+        return None
+    reference = getattr(url, "_uri_reference", None)
+    if reference is not None and reference.query is None:
+        route = _BY_PATH.get(reference.path)
+        if route is not None:
+            return route
+    return route_for(method, url.raw_path)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import orjson
 
-from ._paths import user_dir
+from ._spool_dir import SUFFIX, default_dir, has_waiting
 
 try:
     import fcntl as _fcntl
@@ -62,7 +62,7 @@ STALE_CLAIM_SECONDS = 600.0  # only without fcntl
 # processes write too, and delivered files go).
 SIZE_CHECK_SECONDS = 1.0
 
-_SUFFIX = ".jsonl"
+_SUFFIX = SUFFIX
 _CLAIMED = ".claimed-"
 _TMP = ".tmp-"
 _LOCKS = "locks"
@@ -82,11 +82,6 @@ class Claim:
     path: Path
     _waiting_name: str = field(repr=False)
     _owner: str = field(repr=False)
-
-
-def default_dir() -> Path:
-    """The user's cache directory / revenium-ollama-transport / spool."""
-    return user_dir("cache") / "spool"
 
 
 def _line(record: SpooledRecord) -> bytes:
@@ -145,17 +140,8 @@ class Spool:
 
     @staticmethod
     def has_waiting(setting: str | None) -> bool:
-        """Whether the spool ``setting`` names holds records (one directory listing, no
-        side effect): a process that starts with some delivers them even if it makes no
-        metered call of its own."""
-        setting = (setting or "").strip()
-        if setting.lower() == "off":
-            return False
-        directory = Path(os.path.expanduser(setting)) if setting else default_dir()
-        try:
-            return any(_SUFFIX in name for name in os.listdir(directory))
-        except OSError:
-            return False
+        """Whether the spool ``setting`` names holds records (see ``_spool_dir``)."""
+        return has_waiting(setting)
 
     @classmethod
     def open(cls, setting: str | None, max_mb: float) -> Spool | None:

@@ -20,9 +20,10 @@ def transaction_id_between(
 def tag(response: Any, transaction_id: str | None) -> None:
     if transaction_id is not None:
         try:  # noqa: SIM105 - on every call: suppress() would cost a context manager
-            # Past pydantic's __setattr__ (5x slower): the attribute stays out of dumps.
-            object.__setattr__(response, TRANSACTION_ATTRIBUTE, transaction_id)
-        except (AttributeError, TypeError):
+            # Straight into the instance dict: past pydantic's __setattr__ (5x slower), and
+            # cheaper than object.__setattr__ (2.5x); the attribute stays out of dumps.
+            response.__dict__[TRANSACTION_ATTRIBUTE] = transaction_id
+        except (AttributeError, TypeError):  # no instance dict, or a read-only one
             pass
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import AsyncIterator, Iterator
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -19,6 +20,7 @@ from ._observation import (
     ENDED_CLOSED,
     ENDED_EOF,
     ENDED_RAISED,
+    KEEP_LIMIT,
     CallObservation,
     Feed,
     Sink,
@@ -27,7 +29,8 @@ from ._observation import (
     last_async_call,
     last_sync_call,
 )
-from ._routes import OPENAI, route_for
+from ._routes import OPENAI, route_for_url
+from ._sink import _default as _default_sink
 from ._sink import submit_default
 from ._stats import counters, internal_failure
 from ._wire._openai_request import rewrite
@@ -38,6 +41,7 @@ _METADATA_HEADER_KEY = METADATA_HEADER.encode()
 # The openai SDK's own retries: each attempt is a record, numbered from this header.
 _RETRY_HEADER = "x-stainless-retry-count"
 _RETRY_HEADER_KEY = _RETRY_HEADER.encode()
+_LOWER_NAME = itemgetter(1)  # of a header's (raw name, lower-cased name, value)
 
 
 def _end(observation: CallObservation, how: str, exception: BaseException | None = None) -> None:
@@ -72,9 +76,58 @@ class _SyncTee:
         self._stripper = stripper
 
     def __iter__(self) -> Iterator[bytes]:
+        # One generator either way: the common case's has no per-chunk branch for the other.
+        return self._passed() if self._stripper is None else self._stripped(self._stripper)
+
+    def _passed(self) -> Iterator[bytes]:
+        """The chunks, unchanged: shown to the feed until the first token, then kept."""
         observation = self._observation
         feed = self._feed
-        stripper = self._stripper
+        inner = iter(self._inner)
+        try:
+            for chunk in inner:
+                try:
+                    first = feed(chunk)
+                except Exception:
+                    _feed_failed(observation)
+                    feed, first = ignore_bytes, False
+                if first:
+                    observation.first_token()
+                    yield chunk
+                    break
+                yield chunk
+            else:
+                try:  # _end(), inlined: once per call
+                    observation.end(ENDED_EOF)
+                except Exception:
+                    internal_failure("end")
+                return
+            # After the first token every read is kept for the delivery thread to parse
+            # (CallObservation.digest): per chunk, only what must be done on this path.
+            body = observation.body
+            if body is not None:
+                keep = body.append
+                for chunk in inner:
+                    keep(chunk)
+                    if len(body) >= KEEP_LIMIT:
+                        try:
+                            observation.digest()  # bounds what a long stream holds
+                        except Exception:
+                            _feed_failed(observation)
+                            yield chunk
+                            break
+                    yield chunk
+            for chunk in inner:  # what is left after a parser failure
+                yield chunk
+        except BaseException as exc:
+            _end(observation, ENDED_RAISED, exc)
+            raise
+        _end(observation, ENDED_EOF)
+
+    def _stripped(self, stripper: UsageStripper) -> Iterator[bytes]:
+        """The chunks less the usage event the caller did not ask for."""
+        observation = self._observation
+        feed = self._feed
         try:
             for chunk in self._inner:
                 try:
@@ -83,13 +136,10 @@ class _SyncTee:
                 except Exception:
                     _feed_failed(observation)
                     feed = ignore_bytes
-                if stripper is None:
-                    yield chunk
-                else:
-                    passed = stripper.feed(chunk)
-                    if passed:
-                        yield passed
-            if stripper is not None and (tail := stripper.finish()):
+                passed = stripper.feed(chunk)
+                if passed:
+                    yield passed
+            if tail := stripper.finish():
                 yield tail
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
@@ -100,11 +150,15 @@ class _SyncTee:
         try:
             self._inner.close()
         finally:
-            _end(self._observation, ENDED_CLOSED)
+            observation = self._observation
+            if observation.ended is None:
+                _end(observation, ENDED_CLOSED)
 
     def __del__(self) -> None:
         # A response dropped without close() still gets its one record, when collected.
-        _end(self._observation, ENDED_CLOSED)
+        observation = self._observation
+        if observation.ended is None:
+            _end(observation, ENDED_CLOSED)
 
 
 class _AsyncTee:
@@ -194,7 +248,7 @@ def _has_header(headers: Any, lower_name: bytes) -> bool:
     triples = getattr(headers, "_list", None)
     if triples is None:
         return lower_name.decode() in headers
-    return lower_name in [triple[1] for triple in triples]
+    return lower_name in map(_LOWER_NAME, triples)  # no Python-level loop
 
 
 def _content_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
@@ -221,37 +275,37 @@ def _observe(request: Any, sink: Sink) -> tuple[CallObservation | None, Any]:
     """Starts an observation for a metered request (None for any other, or if anything
     goes wrong); returns it with the request to forward, which is ``request`` itself
     unless the body had to change (see ``_wire._openai_request``). Takes the metadata
-    header off the request so that Ollama never sees it."""
+    header off the request so that Ollama never sees it. Runs on every call: one function,
+    no helper it can do without."""
     try:
-        return _start_observation(request, sink)
+        headers = request.headers
+        header_metadata: str | None = None
+        if _has_header(headers, _METADATA_HEADER_KEY):
+            header_metadata = headers[METADATA_HEADER]
+            del headers[METADATA_HEADER]
+            if strict():
+                check(header_layer(header_metadata))
+        url = request.url
+        route = route_for_url(request.method, url)
+        if route is None or not _sink.metering_enabled:
+            return None, request
+        try:
+            body: bytes | None = request.content
+        except Exception:  # a streaming request body: nothing to read without consuming it
+            body = None
+        if sink is submit_default:  # the default sink as it is now: one call less at the end
+            sink = _default_sink[0]
+        observation = CallObservation(route, body, current_layers(), header_metadata, url, sink)
+        metadata = call_metadata.get()
+        if route.api == OPENAI:
+            request, metadata = _openai_request(observation, request, body, metadata)
+        observation.call_metadata = metadata
+        return observation, request
     except MetadataError:
         raise  # strict mode asked for it
     except Exception:
         internal_failure("request")
         return None, request
-
-
-def _start_observation(request: Any, sink: Sink) -> tuple[CallObservation | None, Any]:
-    headers = request.headers
-    header_metadata: str | None = None
-    if _has_header(headers, _METADATA_HEADER_KEY):
-        header_metadata = headers[METADATA_HEADER]
-        del headers[METADATA_HEADER]
-        if strict():
-            check(header_layer(header_metadata))
-    route = route_for(request.method, request.url.raw_path)
-    if route is None or not _sink.metering_enabled:
-        return None, request
-    try:
-        body: bytes | None = request.content
-    except Exception:  # a streaming request body: nothing to read without consuming it
-        body = None
-    observation = CallObservation(route, body, current_layers(), header_metadata, request.url, sink)
-    metadata = call_metadata.get()
-    if route.api == OPENAI:
-        request, metadata = _openai_request(observation, request, body, metadata)
-    observation.call_metadata = metadata
-    return observation, request
 
 
 def _openai_request(
@@ -286,10 +340,17 @@ def _openai_request(
 
 
 def _tee(observation: CallObservation, response: Any, tee_type: type[_SyncTee | _AsyncTee]) -> None:
-    """Puts the tee around the response's body; on any failure, leaves the response be."""
+    """Notes the response head and puts the tee around its body; on any failure, leaves the
+    response be."""
     try:
-        feed = _response_started(observation, response)
-        if feed is None:
+        content_type, encoding = _content_headers(response.headers)
+        feed = observation.response_started(response.status_code, content_type, encoding)
+        # A response built from bytes (MockTransport, ASGI/WSGI apps) arrives already read.
+        content = getattr(response, "_content", None)
+        if content is not None:
+            if feed(content):
+                observation.first_token()
+            _end(observation, ENDED_EOF)
             return
         stripper = None
         if observation.usage_injected and observation.parser is not None:
@@ -300,21 +361,6 @@ def _tee(observation: CallObservation, response: Any, tee_type: type[_SyncTee | 
         response.stream = tee_type(response.stream, observation, feed, stripper)
     except Exception:
         internal_failure("response")
-
-
-def _response_started(observation: CallObservation, response: Any) -> Feed | None:
-    """Notes the response head; returns the feed for the body, or None when the body was
-    already read (nothing left to tee)."""
-    content_type, encoding = _content_headers(response.headers)
-    feed = observation.response_started(response.status_code, content_type, encoding)
-    # A response built from bytes (MockTransport, ASGI/WSGI apps) arrives already read.
-    content = getattr(response, "_content", None)
-    if content is None:
-        return feed
-    if feed(content):
-        observation.first_token()
-    _end(observation, ENDED_EOF)
-    return None
 
 
 class _Inners:
@@ -376,12 +422,15 @@ class ReveniumTransport(_SyncBase):
         self, inner: Any | None = None, *, sink: Sink | None = None, **transport_options: Any
     ) -> None:
         self._inners = _Inners(inner, transport_options, "HTTPTransport")
+        self._given = inner
         self._sink: Sink = sink if sink is not None else submit_default
 
     def handle_request(self, request: Any) -> Any:
         family = _family_of(request)
         observation, request = _observe(request, self._sink)
-        inner = self._inners.for_family(family)
+        inner = self._given
+        if inner is None:
+            inner = self._inners.for_family(family)
         if observation is None:
             return inner.handle_request(request)
         last_sync_call.observation = observation
@@ -405,12 +454,15 @@ class AsyncReveniumTransport(_AsyncBase):
         self, inner: Any | None = None, *, sink: Sink | None = None, **transport_options: Any
     ) -> None:
         self._inners = _Inners(inner, transport_options, "AsyncHTTPTransport")
+        self._given = inner
         self._sink: Sink = sink if sink is not None else submit_default
 
     async def handle_async_request(self, request: Any) -> Any:
         family = _family_of(request)
         observation, request = _observe(request, self._sink)
-        inner = self._inners.for_family(family)
+        inner = self._given
+        if inner is None:
+            inner = self._inners.for_family(family)
         if observation is None:
             return await inner.handle_async_request(request)
         last_async_call.set(observation)

@@ -1,0 +1,46 @@
+"""The comparison harness (benchmarks/compare.py) runs end to end with this package alone.
+
+The other contenders' packages are not in the test environment and are not needed here:
+only the baseline, a do-nothing transport and this package take part, for a few rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_compare_prints_a_table_with_our_records_checked() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVENIUM_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "compare.py"),
+            "--only=null-transport,ours-installed,ours-transport",
+            "--scenarios=chat_small,chat_stream,embed",
+            "--rounds=2",
+            "--warmup=1",
+            "--replicas=1",
+            "--import-runs=1",
+            "--memory-calls=1500",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout
+    assert table.startswith("Per-call cost"), table
+    assert "machine: " in table
+    rows = [line for line in table.splitlines() if "revenium-ollama-transport, installed" in line]
+    # chat, stream and embed: each a timed row whose records carry Ollama's token counts.
+    assert len([row for row in rows if row.rstrip().endswith(" ok")]) == 3, table
+    assert "not available" not in table and "failed" not in table, table
+    assert "connections or name lookups off this machine, refused: none" in table
+    assert "import: " in table and "memory: " in table
