@@ -134,6 +134,29 @@ def _wait(max_wait: float) -> Callable[[RetryCallState], float]:
     return wait
 
 
+async def retry_after_first(
+    once: Callable[[], Awaitable[None]], first: _Transient, settings: _config.Settings
+) -> None:
+    """Attempts 2..max_attempts of ``once`` with tenacity, after a first attempt that
+    failed with ``first``: the delivery thread's retries, and ``revenium-ollama upload``'s."""
+    replay: _Transient | None = first
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(settings.max_attempts),
+        wait=_wait(settings.max_retry_wait),
+        retry=retry_if_exception_type(_Transient),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            if replay is not None:
+                # Tenacity's attempt 1 is the one already made: replaying its failure
+                # lets tenacity count it and wait as its answer (Retry-After) asks.
+                failure, replay = replay, None
+                raise failure
+            counters.add("retried")
+            await once()
+
+
 class _Batch:
     """Records taken from the queue together, and the spool file written for them."""
 
@@ -595,28 +618,6 @@ class Dispatcher:
                 internal_failure("listener")
         return record
 
-    @staticmethod
-    async def _retry(
-        once: Callable[[], Awaitable[None]], first: _Transient, settings: _config.Settings
-    ) -> None:
-        """Attempts 2..max_attempts with tenacity, after a first attempt that failed."""
-        replay: _Transient | None = first
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.max_attempts),
-            wait=_wait(settings.max_retry_wait),
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                if replay is not None:
-                    # Tenacity's attempt 1 is the one already made: replaying its failure
-                    # lets tenacity count it and wait as its answer (Retry-After) asks.
-                    failure, replay = replay, None
-                    raise failure
-                counters.add("retried")
-                await once()
-
     def _warn_once(
         self, key: str, message: str, *args: object, level: int = logging.WARNING
     ) -> None:
@@ -795,7 +796,7 @@ class Dispatcher:
             try:
                 await once()  # most records need no retry machinery at all
             except _Transient as first:
-                await self._retry(once, first, settings)
+                await retry_after_first(once, first, settings)
         except _Parked:
             return "waiting in the spool (an outage, or a refused API key)"
         except _Transient as exc:

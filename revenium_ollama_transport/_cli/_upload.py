@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from revenium_ollama_transport import _config
 from revenium_ollama_transport._delivery import (
-    Dispatcher,
     _Permanent,
     _Transient,
     classify_response,
+    retry_after_first,
 )
 from revenium_ollama_transport._http import Sender, SendError
 
@@ -147,7 +147,7 @@ class Uploader:
             except _Transient as first:
                 if outcome.stopped is not None:
                     return  # no retries once the run is stopping
-                await Dispatcher._retry(once, first, self._settings)
+                await retry_after_first(once, first, self._settings)
         except _Permanent as exc:
             if exc.status in (401, 403):
                 self._stop("key", f"HTTP {exc.status}: {self._masked(str(exc))}")
