@@ -17,6 +17,7 @@ import gc
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -130,7 +131,13 @@ def main() -> int:
     print("-" * len(header))
     with MeteringAPIProcess() as api:
         # A queue deep enough that no record is dropped while the calls outpace delivery.
-        metering.configure(api_key="hak_bench", base_url=api.url, queue_size=1_000_000)
+        metering.configure(
+            api_key="hak_bench",
+            base_url=api.url,
+            queue_size=1_000_000,
+            # The spool on, as by default, but a private one: never the user's.
+            spool_dir=tempfile.mkdtemp(prefix="bench-transport-spool-"),
+        )
         per_chunk: list[str] = []
         for name in contenders["baseline"]:
             calls = [(who, runs[name]) for who, runs in contenders.items()]
