@@ -518,8 +518,9 @@ class Dispatcher:
             record = self._record(self._queue.popleft(), environment)
             if record is not None:
                 built.append(record)
-        self._to_ledger(built)
-        left = [SpooledRecord(r.transaction_id, orjson.dumps(r.wire)) for r in built]
+        items = [(record, orjson.dumps(record.wire)) for record in built]
+        self._to_ledger(items)
+        left = [SpooledRecord(record.transaction_id, body) for record, body in items]
         if left:
             self._keep(left, "shutdown")
         spooled = counters.get("spooled") - spooled
@@ -650,16 +651,16 @@ class Dispatcher:
             records.append(record)
         return records
 
-    def _to_ledger(self, records: list[MeteringRecord]) -> None:
+    def _to_ledger(self, items: list[tuple[MeteringRecord, bytes]]) -> None:
         settings = self._settings
-        if not settings.ledger_on or not records:
+        if not settings.ledger_on or not items:
             return
         path = _ledger.resolve_path(settings.ledger_path)
         sent_live = bool(settings.api_key) and settings.endpoint is not None
-        self._ledger.write(records, path, sent_live)
+        self._ledger.write(items, path, sent_live)
         if not settings.api_key:
             self._warn_once(
-                "no-key",
+                "no-key-ledger",
                 "REVENIUM_METERING_API_KEY is not set: metering records are kept in the "
                 "local ledger at %s (see them with `revenium-ollama report`)",
                 path,
@@ -691,7 +692,7 @@ class Dispatcher:
             claim, evicted = spool.put_claimed(written)
             if evicted > 0:
                 counters.add("dropped.spool_full", evicted)
-        self._to_ledger(records)
+        self._to_ledger(items)
         return _Batch(items, spool if claim is not None else None, claim)
 
     def _settle(self, batch: _Batch, delivered: bool) -> None:

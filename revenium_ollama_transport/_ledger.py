@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -195,18 +195,27 @@ def _migrate(connection: sqlite3.Connection) -> None:
             f"{SCHEMA_VERSION}: upgrade revenium-ollama-transport"
         )
     # One writer migrates; the others wait on the lock, then find the work done.
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(connection):
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         for step in range(version, SCHEMA_VERSION):
             for statement in _MIGRATIONS[step].split(";"):
                 if statement.strip():
                     connection.execute(statement)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, the write lock taken at once (other processes wait for it
+    up to the busy timeout): committed at the end, rolled back on any exception."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
     except BaseException:
-        connection.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
         raise
+    connection.execute("COMMIT")
 
 
 def _epoch(iso: object) -> float:
@@ -224,8 +233,11 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def row(record: MeteringRecord, sent_live: bool, written_at: float) -> tuple[Any, ...]:
-    """The ``calls`` row of a record, in ``COLUMNS`` order."""
+def row(
+    record: MeteringRecord, sent_live: bool, written_at: float, body: bytes | None = None
+) -> tuple[Any, ...]:
+    """The ``calls`` row of a record, in ``COLUMNS`` order; ``body``: its wire already
+    serialised, when the caller has it."""
     wire = record.wire
     details = record.details
     subscriber = wire.get("subscriber")
@@ -268,7 +280,7 @@ def row(record: MeteringRecord, sent_live: bool, written_at: float) -> tuple[Any
         str(details.get("route", "")),
         str(details.get("host", "")),
         1 if sent_live else 0,
-        orjson.dumps(wire).decode(),
+        (body if body is not None else orjson.dumps(wire)).decode(),
         orjson.dumps(details).decode(),
         written_at,
     )
@@ -282,14 +294,8 @@ _INSERT = (
 def insert(connection: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> int:
     """Stores ``rows`` in one transaction; returns how many were new."""
     before = connection.total_changes
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(connection):
         connection.executemany(_INSERT, rows)
-        connection.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
-        raise
     return connection.total_changes - before
 
 
@@ -312,21 +318,24 @@ class LedgerWriter:
     def path(self) -> Path | None:
         return self._path
 
-    def write(self, records: Sequence[MeteringRecord], path: Path, sent_live: bool) -> None:
-        if not records:
+    def write(
+        self, items: Sequence[tuple[MeteringRecord, bytes]], path: Path, sent_live: bool
+    ) -> None:
+        """Stores records given with their wire serialised (as delivery has them)."""
+        if not items:
             return
         try:
             connection = self._open(path)
             now = time.time()
-            insert(connection, (row(record, sent_live, now) for record in records))
+            insert(connection, (row(record, sent_live, now, body) for record, body in items))
         except (LedgerError, sqlite3.Error, OSError) as exc:
-            counters.add("dropped.ledger_error", len(records))
+            counters.add("dropped.ledger_error", len(items))
             if path not in self._warned:
                 self._warned.add(path)
                 logger.warning("local ledger: records not stored: %s", exc)
             self.close()
             return
-        counters.add("ledger_written", len(records))
+        counters.add("ledger_written", len(items))
 
     def _open(self, path: Path) -> sqlite3.Connection:
         if self._connection is not None and self._path == path:

@@ -26,7 +26,7 @@ from revenium_ollama_transport._record import MeteringRecord
 from revenium_ollama_transport._stats import counters
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, SimulatedReply
 
-from ._processes import run_python
+from ._processes import clean_environment, run_python
 from .conftest import API_KEY
 
 MODEL = "llama3.2:3b"
@@ -318,10 +318,7 @@ def test_four_processes_writing_one_ledger_lose_no_row(
 ) -> None:
     path = tmp_path / "shared.sqlite3"
     script = _caller(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVENIUM_", "OLLAMA_"))} | {
-        "REVENIUM_SPOOL_DIR": "off",
-        "REVENIUM_LEDGER_PATH": str(path),
-    }
+    env = clean_environment({"REVENIUM_LEDGER": "on", "REVENIUM_LEDGER_PATH": str(path)})
     processes = [
         subprocess.Popen(
             [sys.executable, str(script), sim.url, "150"],

@@ -3,7 +3,6 @@ time (reports stream the rows; uploads and tail page by ``id``)."""
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -138,8 +137,7 @@ def mark_uploaded(
     ``upload_refused`` of the rows it refused, as (id, HTTP status)."""
     if not ids and not refused:
         return
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+    with _ledger.write_transaction(connection):
         connection.executemany(
             "UPDATE calls SET uploaded_at = ?, upload_refused = NULL WHERE id = ?",
             ((when, i) for i in ids),
@@ -148,8 +146,3 @@ def mark_uploaded(
             "UPDATE calls SET upload_refused = ? WHERE id = ?",
             ((status, i) for i, status in refused),
         )
-        connection.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
-        raise
