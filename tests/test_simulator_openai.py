@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import socket
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,8 @@ import pytest
 
 import revenium_ollama_transport as metering
 from revenium_ollama_transport.testing import OllamaSimulator, SimulatedReply
+
+from ._raw_http import RawResponse, raw_exchange
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Why is the sky blue?"}]
 CHAT: dict[str, Any] = {"model": "llama3.2", "messages": MESSAGES}
@@ -67,52 +68,9 @@ def stream_chat(client: openai.OpenAI, **kwargs: Any) -> list[Any]:
     return list(client.chat.completions.create(**CHAT, stream=True, **kwargs))
 
 
-class Raw:
-    """One answer read off a fresh socket, keeping the exact HTTP chunk framing."""
-
-    def __init__(self, port: int, path: str, body: dict[str, Any]) -> None:
-        payload = orjson.dumps(body)
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        )
-        data = b""
-        with socket.create_connection(("127.0.0.1", port), timeout=5.0) as conn:
-            conn.sendall(head.encode() + payload)
-            while part := conn.recv(65536):
-                data += part
-        head_bytes, _, rest = data.partition(b"\r\n\r\n")
-        status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
-        self.status = int(status_line.split()[1])
-        self.headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines)
-        }
-        self.chunks: list[bytes] = []
-        self.complete = False  # the terminating zero-length chunk arrived
-        self.body = rest
-        if self.headers.get("transfer-encoding") == "chunked":
-            while rest:
-                size_line, _, rest = rest.partition(b"\r\n")
-                size = int(size_line, 16)
-                if size == 0:
-                    self.complete = rest == b"\r\n"
-                    break
-                self.chunks.append(rest[:size])
-                rest = rest[size + 2 :]
-            self.body = b"".join(self.chunks)
-
-    def data(self) -> list[Any]:
-        """The `data:` payloads of an SSE body ("\\n" framing), JSON-decoded except [DONE]."""
-        assert self.body.endswith(b"\n\n")
-        frames = self.body[:-2].split(b"\n\n")
-        payloads = []
-        for frame in frames:
-            line = frame.split(b"\n")[-1]
-            assert line.startswith(b"data: ")
-            value = line[len(b"data: ") :]
-            payloads.append(value.decode() if value == b"[DONE]" else orjson.loads(value))
-        return payloads
+def post_raw(port: int, path: str, body: dict[str, Any]) -> RawResponse:
+    """A POST of ``body`` as JSON, read back raw."""
+    return raw_exchange(port, "POST", path, orjson.dumps(body))
 
 
 # --- /v1/chat/completions ---
@@ -207,7 +165,7 @@ def test_chat_thinking_is_reasoning(sim: OllamaSimulator, http: httpx.Client) ->
         "content": "Blue",
         "reasoning": "Hmm",
     }
-    payloads = Raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True}).data()
+    payloads = post_raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True}).data()
     deltas = [p["choices"][0]["delta"] for p in payloads[:-1]]
     assert deltas == [
         {"role": "assistant", "content": "", "reasoning": "Hmm"},
@@ -355,7 +313,7 @@ def test_responses_stream_with_thinking_and_tool_call(
 
 def test_responses_stream_framing(sim: OllamaSimulator) -> None:
     sim.reply = SimulatedReply(tokens=["x"])
-    raw = Raw(sim.port, "/v1/responses", {"model": "m", "input": "hi", "stream": True})
+    raw = post_raw(sim.port, "/v1/responses", {"model": "m", "input": "hi", "stream": True})
     assert raw.status == 200 and raw.complete
     assert raw.headers["content-type"] == "text/event-stream"
     assert raw.headers["cache-control"] == "no-cache"
@@ -404,7 +362,7 @@ def test_status_404_raises_not_found(sim: OllamaSimulator, oai: openai.OpenAI) -
         "code": None,
     }
     sim.queue(SimulatedReply(status=404, error="model 'x' not found"))
-    raw = Raw(sim.port, "/v1/chat/completions", CHAT)
+    raw = post_raw(sim.port, "/v1/chat/completions", CHAT)
     assert (raw.status, raw.headers["content-type"]) == (404, "application/json")
     assert raw.body == (
         b'{"error":{"message":"model \'x\' not found","type":"not_found_error",'
@@ -435,7 +393,7 @@ def test_mid_stream_error_ends_the_chat_stream_early(
     assert [c.choices[0].delta.content for c in chunks] == ["a", "b", ""]
     assert [c.model for c in chunks] == ["llama3.2", "llama3.2", ""]
     assert all(c.choices[0].finish_reason is None and c.usage is None for c in chunks)
-    raw = Raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True})
+    raw = post_raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True})
     assert raw.status == 200 and raw.complete  # a normal end of the body...
     assert b"[DONE]" not in raw.body and len(raw.data()) == 3  # ...without finish or [DONE]
 
@@ -445,7 +403,7 @@ def test_mid_stream_error_ends_completions_and_responses(
 ) -> None:
     sim.reply = SimulatedReply(tokens=["a", "b", "c"], error_after=1)
     body = {"model": "m", "prompt": "p", "stream": True, "stream_options": {"include_usage": True}}
-    payloads = Raw(sim.port, "/v1/completions", body).data()
+    payloads = post_raw(sim.port, "/v1/completions", body).data()
     assert [(p["choices"][0]["text"], p["model"]) for p in payloads] == [("a", "m"), ("", "")]
     assert all(p["usage"]["total_tokens"] == 0 for p in payloads)
     events = list(oai.responses.create(model="m", input="x", stream=True))
@@ -483,7 +441,7 @@ def test_drop_after_makes_the_sdk_raise(
 
 def test_drop_after_every_chunk_still_omits_the_terminator(sim: OllamaSimulator) -> None:
     sim.reply = SimulatedReply(tokens=["a"], drop_after=99)
-    raw = Raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True})
+    raw = post_raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True})
     assert raw.body.endswith(b"data: [DONE]\n\n") and not raw.complete
 
 
@@ -491,7 +449,7 @@ def test_gzip_and_timeout(sim: OllamaSimulator, oai: openai.OpenAI) -> None:
     sim.reply = SimulatedReply(tokens=["x", "y"], gzip=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream_chat(oai)) == "xy"
     assert oai.embeddings.create(model="e", input="x").data[0].index == 0
-    raw = Raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True})
+    raw = post_raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True})
     assert raw.headers["content-encoding"] == "gzip" and raw.chunks[0][:2] == b"\x1f\x8b"
     sim.reply = SimulatedReply(first_byte_delay=30.0)
     with pytest.raises(openai.APITimeoutError):
@@ -504,7 +462,7 @@ def test_gzip_and_timeout(sim: OllamaSimulator, oai: openai.OpenAI) -> None:
 def test_exact_bytes_of_a_small_stream(sim: OllamaSimulator) -> None:
     sim.reply = SimulatedReply(tokens=["Hi", "!"], prompt_eval_count=3, created_at=CREATED_AT)
     body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
-    raw = Raw(sim.port, "/v1/chat/completions", body)
+    raw = post_raw(sim.port, "/v1/chat/completions", body)
     assert raw.status == 200 and raw.complete
     assert raw.headers["content-type"] == "text/event-stream"
     assert raw.headers["transfer-encoding"] == "chunked"
@@ -530,7 +488,7 @@ def test_exact_bytes_of_a_small_stream(sim: OllamaSimulator) -> None:
 @pytest.mark.parametrize("line_end", ["\r\n", "\r"])
 def test_other_line_endings(sim: OllamaSimulator, oai: openai.OpenAI, line_end: str) -> None:
     sim.reply = SimulatedReply(tokens=["a", "b"], sse_line_end=line_end)
-    raw = Raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True})
+    raw = post_raw(sim.port, "/v1/chat/completions", {**CHAT, "stream": True})
     end = line_end.encode()
     assert raw.body.endswith(b"data: [DONE]" + end + end) and b"\n\n" not in raw.body
     assert raw.body.count(end + end) == 4

@@ -24,6 +24,8 @@ from revenium_ollama_transport.testing import (
     SimulatedReply,
 )
 
+from ._raw_http import raw_exchange
+
 GO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 CHAT_BODY: dict[str, Any] = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 TOOL_CALL = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
@@ -60,47 +62,6 @@ def chat(client: ollama.Client) -> ollama.ChatResponse:
 
 def chat_parts(client: ollama.Client) -> Iterator[ollama.ChatResponse]:
     return client.chat(model="llama3.2", messages=CHAT_BODY["messages"], stream=True)
-
-
-def raw_exchange(port: int, method: str, path: str, body: bytes = b"") -> RawResponse:
-    """Send one request on a fresh socket and keep the exact chunk framing of the answer."""
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as conn:
-        conn.sendall(head.encode() + body)
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    return RawResponse(data)
-
-
-class RawResponse:
-    def __init__(self, data: bytes) -> None:
-        head, _, rest = data.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        self.status = int(status_line.split()[1])
-        self.headers = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            self.headers[name.strip().lower()] = value.strip()
-        self.chunks: list[bytes] = []
-        self.complete = False
-        self.body = rest
-        if self.headers.get("transfer-encoding") == "chunked":
-            while rest:
-                size_line, _, rest = rest.partition(b"\r\n")
-                size = int(size_line, 16)
-                if size == 0:
-                    self.complete = rest == b"\r\n"
-                    break
-                self.chunks.append(rest[:size])
-                assert rest[size : size + 2] == b"\r\n"
-                rest = rest[size + 2 :]
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [orjson.loads(chunk) for chunk in self.chunks]
 
 
 # --- OllamaSimulator with the real ollama client ---
