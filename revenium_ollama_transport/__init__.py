@@ -64,7 +64,8 @@ def configure(*, reset: bool = False, **settings: Any) -> None:
 
 
 def flush(timeout: float | None = 10.0) -> bool:
-    """Blocks until every record so far is delivered or given up on; False on timeout."""
+    """Blocks until every record so far is delivered, refused, dropped, or waiting in the
+    spool (during an outage: its replay delivers it later); False on timeout."""
     return _load_delivery().flush(timeout)
 
 

@@ -160,7 +160,7 @@ async def retry_after_first(
 class _Batch:
     """Records taken from the queue together, and the spool file written for them."""
 
-    __slots__ = ("claim", "failed", "items", "pending", "spool")
+    __slots__ = ("claim", "items", "left", "pending", "spool")
 
     def __init__(
         self, items: list[tuple[MeteringRecord, bytes]], spool: Spool | None, claim: Claim | None
@@ -169,7 +169,7 @@ class _Batch:
         self.spool = spool
         self.claim = claim
         self.pending = len(items)
-        self.failed = 0
+        self.left: list[SpooledRecord] = []  # settled undelivered: they wait in the spool
 
 
 # The most records one batch takes from the queue, and so one spool file holds.
@@ -282,7 +282,8 @@ class Dispatcher:
         self._listeners.remove(listener)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Waits until every record submitted so far was delivered or given up on."""
+        """Waits until every record submitted so far is out of hand: delivered, refused,
+        dropped, or in the spool for the replay."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._urgent = True
         self._call_in_loop(self._set_wake)
@@ -597,7 +598,9 @@ class Dispatcher:
         if all(results):
             spool.finish(claim)
             return True
-        spool.release(claim)  # some were not delivered: all of it waits for the next try
+        # What was not delivered (or not tried, after a failed probe) waits for the next try.
+        left = [r for i, r in enumerate(claim.records) if i >= len(results) or not results[i]]
+        spool.release(claim, left)
         return False
 
     def _record(
@@ -695,16 +698,17 @@ class Dispatcher:
         self._to_ledger(items)
         return _Batch(items, spool if claim is not None else None, claim)
 
-    def _settle(self, batch: _Batch, delivered: bool) -> None:
+    def _settle(self, batch: _Batch, transaction_id: str, body: bytes, delivered: bool) -> None:
         """One of the batch's records is done with; the last one decides its file's fate."""
         batch.pending -= 1
-        if not delivered:
-            batch.failed += 1
+        if not delivered and batch.claim is not None:
+            batch.left.append(SpooledRecord(transaction_id, body))
         if batch.pending or batch.spool is None or batch.claim is None:
             return
-        if batch.failed:
-            batch.spool.release(batch.claim)  # waits in the spool for a later try
-            counters.add("spooled", batch.failed)
+        if batch.left:
+            # The undelivered wait in the spool for a later try; the delivered are not kept.
+            batch.spool.release(batch.claim, batch.left)
+            counters.add("spooled", len(batch.left))
             if self._senders is not None:
                 self._start_replay(self._senders)
         else:
@@ -720,7 +724,7 @@ class Dispatcher:
             self._since.pop(record.transaction_id, None)
             if batch.claim is None:
                 self._keep([SpooledRecord(record.transaction_id, body)], "shutdown")
-            self._settle(batch, delivered=False)
+            self._settle(batch, record.transaction_id, body, delivered=False)
 
     async def _deliver(
         self, senders: _Senders, record: MeteringRecord, body: bytes, batch: _Batch
@@ -733,13 +737,13 @@ class Dispatcher:
         except asyncio.CancelledError:  # the process is ending: the spool keeps it
             if not written:
                 self._keep([SpooledRecord(record.transaction_id, body)], "shutdown")
-            self._settle(batch, delivered=False)
+            self._settle(batch, record.transaction_id, body, delivered=False)
             raise
         finally:
             self._since.pop(record.transaction_id, None)
         if later is not None and not written:
             self._keep([SpooledRecord(record.transaction_id, body)], "retries_exhausted", later)
-        self._settle(batch, delivered=later is None)
+        self._settle(batch, record.transaction_id, body, delivered=later is None)
 
     async def _send(
         self,

@@ -481,9 +481,25 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.unlink(claim.path)
 
-    def release(self, claim: Claim) -> None:
-        """Not delivered: gives the file back, waiting again in its place by age."""
-        if claim._owner == self._current_owner():
+    def release(self, claim: Claim, left: Sequence[SpooledRecord] | None = None) -> None:
+        """Not delivered: gives the file back, waiting again in its place by age. ``left``:
+        the records still to deliver, when some of the claim's were delivered; the file is
+        rewritten with those alone first, so that a later try does not send the others again."""
+        if claim._owner != self._current_owner():
+            return
+        if left is not None and not left:
+            self.finish(claim)
+            return
+        with self._lock:
+            if left is not None and len(left) < len(claim.records):
+                # Rewritten while still claimed, so no other process reads it half done. If
+                # that fails, it goes back whole: the delivered ones go again (harmless).
+                with contextlib.suppress(OSError):
+                    tmp = self._write_tmp(claim._owner, b"".join(map(_line, left)))
+                    try:
+                        os.replace(tmp, claim.path)
+                    except OSError:
+                        os.unlink(tmp)
             with contextlib.suppress(OSError):
                 os.rename(claim.path, self.directory / claim._waiting_name)
 

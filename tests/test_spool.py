@@ -117,6 +117,23 @@ def test_age_order_across_files_and_release_keeps_place(tmp_path: Path) -> None:
     assert ids(other.claim(100)) == ["tx-3", "tx-4"]
 
 
+def test_release_with_some_delivered_keeps_only_the_rest_in_its_place(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.put([rec(0), rec(1), rec(2)])
+    spool.put([rec(3)])
+    claim = spool.claim(1)[0]
+    spool.release(claim, [rec(1)])  # tx-0 and tx-2 were delivered
+    waiting_name = claim.path.name.partition(".claimed-")[0]
+    assert min(p.name for p in tmp_path.glob("*.jsonl")) == waiting_name  # its age kept
+    again = spool.claim(1)
+    assert ids(again) == ["tx-1"]  # still ahead of the younger file, alone
+    assert again[0].records[0] == rec(1)  # byte for byte
+    assert not list(tmp_path.glob(".tmp-*"))
+    spool.release(again[0], [])  # all delivered: gone
+    assert ids(spool.claim(10)) == ["tx-3"]
+    assert spool.size()[0] == 1
+
+
 def test_size_bound_drops_oldest_unclaimed_and_counts(tmp_path: Path) -> None:
     one_file = len(b"".join(r.body for r in (rec(0, 900), rec(1, 900)))) + 100  # ~2 KB
     spool = open_spool(tmp_path, max_mb=2.5 * one_file / (1024 * 1024))

@@ -7,6 +7,7 @@ import os
 import signal
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -181,6 +182,32 @@ def test_an_outage_is_probed_one_request_at_a_time_and_loses_nothing(
     assert metering.stats().get("dropped.retries_exhausted", 0) == 0
 
 
+def test_records_delivered_before_an_outage_is_declared_are_not_sent_again(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    # Twelve requests held, then all dropped at once: a few of the retries get through before
+    # the outage is declared, the rest wait in the spool. The spool file of the batch must
+    # then hold only the rest, or the replay sends the delivered ones a second time.
+    spool = tmp_path / "spool"
+    metering.configure(spool_dir=str(spool))
+    metered.set_mode("hang")
+    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+    for _ in range(12):
+        client.chat(model="m", messages=[])
+    metered.wait_for_received(12, timeout=10.0)
+    metered.set_mode("normal")
+    stored = metered.wait_for_records(12, timeout=30.0)
+    wait_until(lambda: not list(spool.glob("*.jsonl*")), 10.0, "an empty spool")
+    answered = Counter(
+        r.record["transactionId"] for r in metered.received if r.status == 201 and r.record
+    )
+    assert set(answered) == {r["transactionId"] for r in stored}
+    assert max(answered.values()) == 1, answered
+    stats = metering.stats()
+    assert stats["delivered"] == 12, stats  # replayed ones included
+    assert stats.get("replayed", 0) == stats.get("spooled", 0), stats
+
+
 def test_a_refused_key_keeps_records_until_the_key_changes(
     tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
 ) -> None:
@@ -324,7 +351,13 @@ def test_records_keep_going_to_disk_while_the_api_holds_every_slot(
     client = ollama.Client(host=sim.url, transport=ReveniumTransport())
 
     def on_disk() -> int:
-        return sum(p.read_bytes().count(b"\n") for p in spool.glob("*.jsonl*"))
+        lines = 0
+        for path in spool.glob("*.jsonl*"):
+            try:
+                lines += path.read_bytes().count(b"\n")
+            except FileNotFoundError:  # claimed by the replay (renamed) since the listing
+                return 0  # counted again on the next look
+        return lines
 
     try:
         for made in range(5, 65, 5):
