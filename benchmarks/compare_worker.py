@@ -4,8 +4,8 @@ Each contender instruments globally (patches ``ollama``, ``openai`` or httpx), s
 runs in its own process: ``python compare_worker.py CONTENDER`` sets the contender up,
 says it is ready, then runs what ``compare.py`` asks for, one JSON line in and one out:
 
-- ``{"op": "run", "scenario": S, "n": N}``: N timed calls -> ``{"us": [...]}`` (with
-  ``"warmup": true``, untimed, then what they collected flushed);
+- ``{"op": "run", "scenario": S, "n": N}``: N timed calls, then (untimed) what they
+  collected flushed -> ``{"us": [...]}`` (with ``"warmup": true``, untimed);
 - ``{"op": "cpu", "scenario": S}``: once the contender has flushed what it collected, the
   process's CPU time (all threads) per call of S so far -> ``{"cpu_us": ...}``;
 - ``{"op": "check", "scenario": S}``: one call, then what the contender recorded for it
@@ -528,6 +528,10 @@ def serve(contender: str, out: Any) -> int:
                 cpu_started.setdefault(scenario, time.process_time())
                 calls[scenario] = calls.get(scenario, 0) + n * EXPECTED[scenario][0]
                 times = scenarios.timed(scenario, n)
+                # Untimed, before answering: what the batch left for background threads (and
+                # collector processes) is done now, so that it never runs beside the next
+                # worker's timed batch on this machine's few cores. The CPU column counts it.
+                setup.flush()
                 if isinstance(setup.sink, SpanSink):
                     setup.sink.exporter.clear()  # in-memory spans: not let to pile up
                 send({"us": times})
