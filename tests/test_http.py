@@ -6,11 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from revenium_ollama_transport._http import (
     DirectSender,
     ProxiedSender,
     SendError,
+    parse_answer,
     proxy_for,
     sender_for,
 )
@@ -75,6 +78,66 @@ def keep_alive(answers: list[bytes], log: list[tuple[bytes, bytes]]) -> Handler:
     return handler
 
 
+# --- parse_answer (pure): every way an answer can be cut into reads ----------------------
+
+# (answer, status, body, reusable); each answer is complete, and framed by itself unless
+# the connection's end delimits it (reusable False and no length).
+FRAMED = [
+    (b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}", 201, b"{}", True),
+    (b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n", 204, b"", True),
+    (b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 400, b"", False),
+    (b"HTTP/1.0 201 Created\r\nContent-Length: 3\r\n\r\nabc", 201, b"abc", False),
+    (
+        b"HTTP/1.1 429 Slow\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+        429,
+        b"hello world",
+        True,
+    ),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 200, b"", True),
+]
+UNTIL_CLOSE = b"HTTP/1.0 500 Oops\r\n\r\nbody until close"
+
+
+@given(st.sampled_from(FRAMED), st.binary(max_size=40))
+def test_parse_answer_waits_for_the_whole_answer_and_stops_at_its_end(
+    case: tuple[bytes, int, bytes, bool], after: bytes
+) -> None:
+    answer, status, body, reusable = case
+    for cut in range(len(answer)):
+        assert parse_answer(answer[:cut], eof=False) is None, cut
+        with pytest.raises(SendError):  # the server closed mid-answer
+            parse_answer(answer[:cut], eof=True)
+    parsed = parse_answer(answer + after, eof=False)  # whatever follows is not its
+    assert parsed is not None
+    reply, taken, may_reuse = parsed
+    assert (reply.status, reply.body, taken, may_reuse) == (status, body, len(answer), reusable)
+
+
+def test_parse_answer_until_close() -> None:
+    for cut in range(len(UNTIL_CLOSE) + 1):
+        assert parse_answer(UNTIL_CLOSE[:cut], eof=False) is None
+    parsed = parse_answer(UNTIL_CLOSE, eof=True)
+    assert parsed is not None
+    reply, taken, reusable = parsed
+    assert (reply.status, reply.body, taken, reusable) == (500, b"body until close", 37, False)
+
+
+@given(st.binary(max_size=200))
+def test_parse_answer_never_fails_other_than_with_send_error(data: bytes) -> None:
+    for eof in (False, True):
+        try:
+            parse_answer(b"HTTP/1.1 200 OK\r\n" + data, eof)
+            parse_answer(data, eof)
+        except SendError:
+            pass
+
+
+def test_parse_answer_refuses_an_endless_head() -> None:
+    with pytest.raises(SendError, match="too large"):
+        parse_answer(b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20_000, eof=False)
+
+
 async def test_content_length_answers_reuse_one_connection(serve: Serve) -> None:
     log: list[tuple[bytes, bytes]] = []
     raw, url = await serve(keep_alive([], log))
@@ -106,6 +169,30 @@ async def test_chunked_answer_with_trailer(serve: Serve) -> None:
     assert reply.headers["retry-after"] == "3"
     assert reply.headers["x-should-retry"] == "true"
     assert (await sender.post(b"{}", {})).status == 201
+    assert raw.connections == 1
+    await sender.aclose()
+
+
+async def test_answers_written_a_byte_at_a_time(serve: Serve) -> None:
+    answers = [
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 429 Slow\r\nTransfer-Encoding: chunked\r\nRetry-After: 1\r\n\r\n"
+        b"2\r\nno\r\n0\r\n\r\n",
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await read_request(reader)
+            for i in range(len(answer)):
+                writer.write(answer[i : i + 1])
+                await writer.drain()
+
+    raw, url = await serve(handler)
+    sender = DirectSender(url, timeout=5)
+    first = await sender.post(b"{}", {})
+    second = await sender.post(b"{}", {})
+    assert (first.status, first.body) == (201, b"{}")
+    assert (second.status, second.body, second.headers["retry-after"]) == (429, b"no", "1")
     assert raw.connections == 1
     await sender.aclose()
 
