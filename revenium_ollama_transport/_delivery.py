@@ -368,24 +368,27 @@ class Dispatcher:
         self._settings_stale = False
         settings = _config.current()
         secret_filter.register(settings.api_key)
-        if (settings.api_key, settings.base_url) != (
+        # A new key or URL, or another spool: what the spool holds gets its chance again.
+        replay = (settings.api_key, settings.base_url) != (
             self._settings.api_key,
             self._settings.base_url,
-        ):
+        )
+        if replay:
             self._warned.clear()  # a new key or URL deserves its own warnings
-            if self._key_refused:
-                self._key_refused = False  # the spooled records get their chance again
-                if self._senders is not None and self._loop is not None:
-                    self._start_replay(self._senders)
+            self._key_refused = False
         self._settings = settings
         spool_key = (settings.spool_dir, settings.spool_max_mb)
         if self._loop is not None and spool_key != self._spool_key:
+            replay = True
             self._spool_key = spool_key  # (re)opened in the delivery thread only
             self._spool = self._open_spool()
+        if replay and self._senders is not None and self._loop is not None:
+            self._start_replay(self._senders)
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._senders = None  # a stopped thread's; the replay starts below with new ones
         self._spool_key = None
         self._settings_stale = True
         self._refresh_settings()
@@ -542,13 +545,12 @@ class Dispatcher:
     async def _replay(self, senders: _Senders) -> None:
         """Delivers what the spool holds, oldest first, with this process's own records;
         backs off while the API keeps failing. Runs until the spool is empty."""
-        spool = self._spool
         pause = 1.0
-        if not self._settings.api_key or self._settings.endpoint is None:
-            self._replaying = None
-            return  # nowhere to send them: they stay in the spool
         try:
-            while spool is not None and not self._stopping and not self._key_refused:
+            while not self._stopping and not self._key_refused:
+                spool = self._spool  # read each round: configure() may have changed it
+                if spool is None or not self._settings.api_key or self._settings.endpoint is None:
+                    return  # nowhere to send them: they stay in the spool
                 claims = spool.claim(1 if self._outage else max(1, self._settings.max_in_flight))
                 if not claims:
                     return
@@ -762,6 +764,10 @@ class Dispatcher:
         if logger.isEnabledFor(logging.DEBUG):
             shown = wire if wire is not None else orjson.loads(body)
             logger.debug("metering record %s", orjson.dumps(_redacted(shown)).decode())
+        if spooled and (not settings.api_key or settings.endpoint is None):
+            # Its spool file keeps it until there is somewhere to send it (the key or URL
+            # was taken away since it was written).
+            return "waiting in the spool for an API key and a usable base URL"
         if not settings.api_key:
             if settings.ledger_on:
                 return None  # kept in the local ledger, and counted there

@@ -50,6 +50,18 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.01)
 
 
+def spooled_lines(directory: Path, pattern: str = "*.jsonl*") -> int:
+    """Records in the spool's files (waiting and claimed, by default); 0 when a file was
+    claimed or finished between the listing and its reading (wait for another look)."""
+    lines = 0
+    for path in directory.glob(pattern):
+        try:
+            lines += path.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            return 0
+    return lines
+
+
 def child(
     tmp_path: Path,
     sim: OllamaSimulator,
@@ -296,6 +308,44 @@ def test_a_process_that_makes_no_call_still_delivers_what_it_finds_spooled(
     assert len({r["transactionId"] for r in api.wait_for_records(4, timeout=20.0)}) == 4
 
 
+def test_a_spool_or_key_configured_at_run_time_is_delivered_without_another_call(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    # Two earlier processes each left 4 records in a spool of their own (the API hung
+    # until they exited).
+    spools = [tmp_path / "first", tmp_path / "second"]
+    metered.set_mode("hang")
+    for spool in spools:
+        child(
+            tmp_path,
+            sim,
+            metered,
+            4,
+            REVENIUM_SHUTDOWN_TIMEOUT="0.5",
+            REVENIUM_SPOOL_DIR=str(spool),
+        )
+    metered.set_mode("normal")
+    assert metered.records == []
+    # This process's delivery thread runs, with no spool...
+    metering.configure(spool_dir="off")
+    ollama.Client(host=sim.url, transport=ReveniumTransport()).chat(model="m", messages=[])
+    assert metering.flush(10.0)
+    assert len(metered.wait_for_records(1)) == 1
+    # ...then is given the first spool: its records go, with no call to set them off.
+    metering.configure(spool_dir=str(spools[0]))
+    assert len({r["transactionId"] for r in metered.wait_for_records(5, timeout=20.0)}) == 5
+    # Without a key, the second spool's records stay; with one, they go.
+    metering.configure(api_key=None, ledger="off", spool_dir=str(spools[1]))
+    assert metering.flush(10.0)
+    wait_until(lambda: spooled_lines(spools[1], "*.jsonl") == 4, 10.0, "4 records waiting")
+    metering.configure(api_key=API_KEY)
+    stored = metered.wait_for_records(9, timeout=20.0)
+    assert len({r["transactionId"] for r in stored}) == 9
+    assert metering.stats().get("dropped.no_api_key", 0) == 0  # none lost while key-less
+    for spool in spools:
+        wait_until(lambda: not list(spool.glob("*.jsonl*")), 10.0, f"{spool.name} emptied")  # noqa: B023 - used at once
+
+
 def test_without_a_key_the_spool_is_left_alone(
     tmp_path: Path, sim: OllamaSimulator, api: FakeMeteringAPI
 ) -> None:
@@ -350,20 +400,11 @@ def test_records_keep_going_to_disk_while_the_api_holds_every_slot(
     metered.set_mode("hang")
     client = ollama.Client(host=sim.url, transport=ReveniumTransport())
 
-    def on_disk() -> int:
-        lines = 0
-        for path in spool.glob("*.jsonl*"):
-            try:
-                lines += path.read_bytes().count(b"\n")
-            except FileNotFoundError:  # claimed by the replay (renamed) since the listing
-                return 0  # counted again on the next look
-        return lines
-
     try:
         for made in range(5, 65, 5):
             for _ in range(5):
                 client.chat(model="m", messages=[])
-            wait_until(lambda: on_disk() >= made, 5.0, f"{made} records on disk")  # noqa: B023 - used at once
+            wait_until(lambda: spooled_lines(spool) >= made, 5.0, f"{made} records on disk")  # noqa: B023 - used at once
         assert metering.stats().get("dropped.queue_full", 0) == 0
         metered.set_mode("normal")
         stored = metered.wait_for_records(60, timeout=30.0)
