@@ -62,6 +62,9 @@ class _Parked(Exception):
 
 # Transient failures in a row that make an outage.
 _OUTAGE_AFTER = 3
+# The longest the spool's replay waits between probes of a failing API, and the most of a
+# Retry-After it honours.
+_REPLAY_MAX_PAUSE = 60.0
 
 
 class _Permanent(Exception):
@@ -204,6 +207,8 @@ class Dispatcher:
         # retrying on its own; the spool's replay probes, one request at a time.
         self._failures_in_a_row = 0
         self._outage = False
+        # The API's last Retry-After, as a time.monotonic(): the replay's probes wait for it.
+        self._quiet_until = 0.0
         self._key_refused = False  # 401 / 403: spooled records wait for another key
         self._spool_key: tuple[str | None, float] | None = None
         self._listeners: list[RecordListener] = []
@@ -339,6 +344,7 @@ class Dispatcher:
         self._spool_key = None
         self._failures_in_a_row = 0
         self._outage = False
+        self._quiet_until = 0.0
         self._key_refused = False
         self._replaying = None
         self._senders = None
@@ -376,6 +382,7 @@ class Dispatcher:
         if replay:
             self._warned.clear()  # a new key or URL deserves its own warnings
             self._key_refused = False
+            self._quiet_until = 0.0  # a Retry-After is the wish of the API that sent it
         self._settings = settings
         spool_key = (settings.spool_dir, settings.spool_max_mb)
         if self._loop is not None and spool_key != self._spool_key:
@@ -551,6 +558,10 @@ class Dispatcher:
                 spool = self._spool  # read each round: configure() may have changed it
                 if spool is None or not self._settings.api_key or self._settings.endpoint is None:
                     return  # nowhere to send them: they stay in the spool
+                quiet = self._quiet_until - time.monotonic()
+                if quiet > 0:
+                    await asyncio.sleep(quiet)  # as the API asked (Retry-After)
+                    continue
                 claims = spool.claim(1 if self._outage else max(1, self._settings.max_in_flight))
                 if not claims:
                     return
@@ -569,7 +580,7 @@ class Dispatcher:
                     pause = 1.0
                     continue
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, 60.0)
+                pause = min(pause * 2, _REPLAY_MAX_PAUSE)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -804,8 +815,8 @@ class Dispatcher:
                 raise _Transient(str(exc)) from exc
             try:
                 classify_response(reply)
-            except _Transient:
-                self._api_failed()
+            except _Transient as exc:
+                self._api_failed(exc.retry_after)
                 raise
             self._api_answered()  # a refusal too: the API is up
 
@@ -854,7 +865,10 @@ class Dispatcher:
             counters.add("delivered")
         return None
 
-    def _api_failed(self) -> None:
+    def _api_failed(self, retry_after: float | None = None) -> None:
+        if retry_after:
+            quiet = time.monotonic() + min(retry_after, _REPLAY_MAX_PAUSE)
+            self._quiet_until = max(self._quiet_until, quiet)
         self._failures_in_a_row += 1
         if self._failures_in_a_row >= _OUTAGE_AFTER and not self._outage:
             self._outage = True

@@ -220,6 +220,30 @@ def test_records_delivered_before_an_outage_is_declared_are_not_sent_again(
     assert stats.get("replayed", 0) == stats.get("spooled", 0), stats
 
 
+def test_the_first_probe_of_an_outage_waits_for_the_retry_after_that_declared_it(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    spool = tmp_path / "spool"
+    metering.configure(spool_dir=str(spool), max_attempts=1, max_in_flight=1)
+    assert metering.shutdown(5.0)  # the restarted thread takes max_in_flight
+    metered.set_mode("unavailable", status=503, retry_after=3)
+    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+    try:
+        for _ in range(6):
+            client.chat(model="m", messages=[])
+        wait_until(lambda: spooled_lines(spool) == 6 and dispatcher._outage, 10.0, "an outage")
+        last_refused = max(r.time for r in metered.received)
+        metered.set_mode("normal")  # a probe sent now would get through
+        metered.wait_for_records(6, timeout=30.0)
+        first_stored = min(r.time for r in metered.received if r.status == 201)
+        assert first_stored - last_refused >= 2.5, first_stored - last_refused
+    finally:
+        metered.set_mode("normal")
+        metering.flush(10.0)
+        metering.configure(reset=True)
+        metering.shutdown(10.0)  # the next test's thread starts with the defaults
+
+
 def test_a_refused_key_keeps_records_until_the_key_changes(
     tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
 ) -> None:
