@@ -47,6 +47,7 @@ from pathlib import Path
 import orjson
 
 from ._spool_dir import SUFFIX, default_dir, has_waiting
+from ._stats import counters
 
 try:
     import fcntl as _fcntl
@@ -127,7 +128,6 @@ class Spool:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.corrupt_records = 0  # unreadable lines skipped (corrupt or truncated files)
         self._lock = threading.Lock()
         self._seq = 0
         self._owner = ""
@@ -354,7 +354,7 @@ class Spool:
                 else:
                     records.append(record)
         if bad:
-            self.corrupt_records += bad
+            counters.add("dropped.spool_corrupt", bad)  # unreadable: lost, and said so
             if not self._warned_corrupt:
                 self._warned_corrupt = True
                 logger.warning(
