@@ -3,14 +3,16 @@ or the next one, once each (real processes, the fake metering API, one spool dir
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import ollama
 
@@ -48,6 +50,22 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"not within {timeout}s: {what}; stats={metering.stats()}")
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def restarted_delivery(api: FakeMeteringAPI, **settings: Any) -> Iterator[None]:
+    """Delivery restarted with ``settings`` (the thread takes ``max_in_flight`` only as it
+    starts); afterwards the API answers again, and the next test's thread starts with the
+    defaults."""
+    metering.configure(**settings)
+    assert metering.shutdown(5.0)
+    try:
+        yield
+    finally:
+        api.set_mode("normal")
+        metering.flush(10.0)
+        metering.configure(reset=True)
+        metering.shutdown(10.0)
 
 
 def spooled_lines(directory: Path, pattern: str = "*.jsonl*") -> int:
@@ -174,24 +192,22 @@ def test_records_written_ahead_survive_sigkill(
 def test_an_outage_is_probed_one_request_at_a_time_and_loses_nothing(
     tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
 ) -> None:
-    metering.configure(
-        spool_dir=str(tmp_path / "spool"), max_attempts=3, max_retry_wait=0.05, max_in_flight=4
-    )
-    assert metering.shutdown(5.0)  # the restarted thread takes max_in_flight
-    metered.set_mode("down")
-    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
-    for _ in range(40):
-        client.chat(model="m", messages=[])
-    wait_until(lambda: metering.stats().get("spooled", 0) >= 40, 20.0, "40 records parked")
-    attempts_in_outage = len(metered.received)
-    # Without the shared state each record would try 3 times: 120 requests. With it: the
-    # first requests in flight (4) fail, the outage is declared, and the rest wait in the
-    # spool while the replay probes one request at a time.
-    assert attempts_in_outage < 20, attempts_in_outage
-    metered.set_mode("normal")
-    stored = metered.wait_for_records(40, timeout=30.0)
-    assert len({r["transactionId"] for r in stored}) == 40
-    assert metering.stats().get("dropped.retries_exhausted", 0) == 0
+    settings = {"max_attempts": 3, "max_retry_wait": 0.05, "max_in_flight": 4}
+    with restarted_delivery(metered, spool_dir=str(tmp_path / "spool"), **settings):
+        metered.set_mode("down")
+        client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+        for _ in range(40):
+            client.chat(model="m", messages=[])
+        wait_until(lambda: metering.stats().get("spooled", 0) >= 40, 20.0, "40 records parked")
+        attempts_in_outage = len(metered.received)
+        # Without the shared state each record would try 3 times: 120 requests. With it:
+        # the first requests in flight (4) fail, the outage is declared, and the rest wait
+        # in the spool while the replay probes one request at a time.
+        assert attempts_in_outage < 20, attempts_in_outage
+        metered.set_mode("normal")
+        stored = metered.wait_for_records(40, timeout=30.0)
+        assert len({r["transactionId"] for r in stored}) == 40
+        assert metering.stats().get("dropped.retries_exhausted", 0) == 0
 
 
 def test_records_delivered_before_an_outage_is_declared_are_not_sent_again(
@@ -224,11 +240,9 @@ def test_the_first_probe_of_an_outage_waits_for_the_retry_after_that_declared_it
     tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
 ) -> None:
     spool = tmp_path / "spool"
-    metering.configure(spool_dir=str(spool), max_attempts=1, max_in_flight=1)
-    assert metering.shutdown(5.0)  # the restarted thread takes max_in_flight
-    metered.set_mode("unavailable", status=503, retry_after=3)
-    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
-    try:
+    with restarted_delivery(metered, spool_dir=str(spool), max_attempts=1, max_in_flight=1):
+        metered.set_mode("unavailable", status=503, retry_after=3)
+        client = ollama.Client(host=sim.url, transport=ReveniumTransport())
         for _ in range(6):
             client.chat(model="m", messages=[])
         wait_until(lambda: spooled_lines(spool) == 6 and dispatcher._outage, 10.0, "an outage")
@@ -237,11 +251,6 @@ def test_the_first_probe_of_an_outage_waits_for_the_retry_after_that_declared_it
         metered.wait_for_records(6, timeout=30.0)
         first_stored = min(r.time for r in metered.received if r.status == 201)
         assert first_stored - last_refused >= 2.5, first_stored - last_refused
-    finally:
-        metered.set_mode("normal")
-        metering.flush(10.0)
-        metering.configure(reset=True)
-        metering.shutdown(10.0)  # the next test's thread starts with the defaults
 
 
 def test_a_refused_key_keeps_records_until_the_key_changes(
@@ -419,12 +428,9 @@ def test_records_keep_going_to_disk_while_the_api_holds_every_slot(
     # of them wait in the spool instead (for the replay), so that later records still reach
     # the disk at once rather than wait unwritten in the queue.
     spool = tmp_path / "spool"
-    metering.configure(spool_dir=str(spool), queue_size=10, max_in_flight=1)
-    assert metering.shutdown(5.0)  # the restarted thread takes max_in_flight
-    metered.set_mode("hang")
-    client = ollama.Client(host=sim.url, transport=ReveniumTransport())
-
-    try:
+    with restarted_delivery(metered, spool_dir=str(spool), queue_size=10, max_in_flight=1):
+        metered.set_mode("hang")
+        client = ollama.Client(host=sim.url, transport=ReveniumTransport())
         for made in range(5, 65, 5):
             for _ in range(5):
                 client.chat(model="m", messages=[])
@@ -433,8 +439,3 @@ def test_records_keep_going_to_disk_while_the_api_holds_every_slot(
         metered.set_mode("normal")
         stored = metered.wait_for_records(60, timeout=30.0)
         assert len({r["transactionId"] for r in stored}) == 60
-    finally:
-        metered.set_mode("normal")
-        metering.flush(10.0)
-        metering.configure(reset=True)
-        metering.shutdown(10.0)  # the next test's thread starts with the defaults
