@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-test
 BENCH_VENV := .bench-venv
 BENCH_STAMP := $(BENCH_VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit demo bench bench-self clean
+.PHONY: test lint typecheck unit demo bench bench-self bench-instructions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(BENCH_STAMP)
 bench-self: $(STAMP)
 	$(BIN)/python benchmarks/bench_transport.py
 	$(BIN)/python benchmarks/bench_delivery.py
+
+# Instructions per call and per delivered record, counted by callgrind (needs valgrind).
+bench-instructions: $(STAMP)
+	$(BIN)/python benchmarks/count_instructions.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -44,3 +44,19 @@ def test_compare_prints_a_table_with_our_records_checked() -> None:
     assert "not available" not in table and "failed" not in table, table
     assert "connections or name lookups off this machine, refused: none" in table
     assert "import: " in table and "memory: " in table
+
+
+def test_the_instruction_counts_worker_runs_each_mode() -> None:
+    # What count_instructions.py runs under valgrind (which CI lacks), run here without it:
+    # every mode completes, and the delivery mode checks that each record was stored.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVENIUM_")}
+    for mode in ("plain", "transport", "installed", "delivery"):
+        done = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "_instructions_worker.py"), mode, "20"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (mode, done.stderr[-2000:])
