@@ -37,6 +37,7 @@ from ._log import secret_filter
 from ._observation import CallObservation
 from ._record import MeteringRecord, build_record
 from ._spool import Claim, Spool, SpooledRecord
+from ._spool_dir import has_waiting
 from ._stats import counters, internal_failure
 
 logger = logging.getLogger("revenium_ollama_transport")
@@ -268,7 +269,7 @@ class Dispatcher:
     def start_if_spooled(self) -> None:
         """Starts delivery at once when the spool holds records (from an earlier process)."""
         try:
-            if self._thread is None and Spool.has_waiting(_config.current().spool_dir):
+            if self._thread is None and has_waiting(_config.current().spool_dir):
                 self._start()
         except Exception:
             internal_failure("spool-start")

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import orjson
 
-from ._spool_dir import SUFFIX, default_dir, has_waiting
+from ._spool_dir import SUFFIX, directory_for
 from ._stats import counters
 
 try:
@@ -138,19 +138,13 @@ class Spool:
         self._size_estimate = 0  # bytes at the last measurement, plus those written since
         self._size_measured = -math.inf  # time.monotonic() of that measurement
 
-    @staticmethod
-    def has_waiting(setting: str | None) -> bool:
-        """Whether the spool ``setting`` names holds records (see ``_spool_dir``)."""
-        return has_waiting(setting)
-
     @classmethod
     def open(cls, setting: str | None, max_mb: float) -> Spool | None:
-        """``setting`` is REVENIUM_SPOOL_DIR: unset or empty -> ``default_dir()``; "off"
-        -> None. A directory that cannot be created or written -> None, with one warning."""
-        setting = (setting or "").strip()
-        if setting.lower() == "off":
+        """``setting`` is REVENIUM_SPOOL_DIR (see ``_spool_dir.directory_for``): None for
+        "off", and for a directory that cannot be created or written (one warning)."""
+        directory = directory_for(setting)
+        if directory is None:
             return None
-        directory = Path(os.path.expanduser(setting)) if setting else default_dir()
         spool = cls(directory, max(0, int(max_mb * 1024 * 1024)))
         try:
             spool._prepare()

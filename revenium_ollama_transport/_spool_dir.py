@@ -19,14 +19,22 @@ def default_dir() -> Path:
     return user_dir("cache") / "spool"
 
 
+def directory_for(setting: str | None) -> Path | None:
+    """The directory REVENIUM_SPOOL_DIR names: unset or empty -> ``default_dir()``, "off"
+    -> None (no spool)."""
+    setting = (setting or "").strip()
+    if setting.lower() == "off":
+        return None
+    return Path(os.path.expanduser(setting)) if setting else default_dir()
+
+
 def has_waiting(setting: str | None) -> bool:
     """Whether the spool ``setting`` names holds records (one directory listing, no side
     effect): a process that starts with some delivers them even if it makes no metered
     call of its own."""
-    setting = (setting or "").strip()
-    if setting.lower() == "off":
+    directory = directory_for(setting)
+    if directory is None:
         return False
-    directory = Path(os.path.expanduser(setting)) if setting else default_dir()
     try:
         return any(SUFFIX in name for name in os.listdir(directory))
     except OSError:
