@@ -18,15 +18,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from . import _config, _signals, _sink
+from ._ids import format_id
 from ._import_hook import AfterImport
 from ._install_openai import install_openai
 from ._metadata import as_layer, check
-from ._observation import (
-    CallObservation,
-    call_metadata,
-    last_async_call,
-    last_sync_call,
-)
+from ._observation import call_metadata, last_async_call, last_sync_call
 from ._spool_dir import has_waiting
 from ._stats import internal_failure
 from ._tagging import TRANSACTION_ATTRIBUTE, call_tagged_async, tag, transaction_id_between
@@ -83,7 +79,7 @@ def _layer(usage_metadata: object) -> Mapping[str, Any] | None:
 
 
 def _tagged_stream(
-    parts: Iterator[Any], before: CallObservation | None, layer: Mapping[str, Any] | None
+    parts: Iterator[Any], before: str | int | None, layer: Mapping[str, Any] | None
 ) -> Iterator[Any]:
     """Yields a stream's parts, each tagged; the request leaves at the first ``next``."""
     try:
@@ -95,7 +91,7 @@ def _tagged_stream(
         finally:
             if token is not None:
                 call_metadata.reset(token)
-        transaction_id = transaction_id_between(before, last_sync_call.observation)
+        transaction_id = transaction_id_between(before, last_sync_call.transaction)
         tag(first, transaction_id)
         yield first
         if transaction_id is None:
@@ -116,7 +112,7 @@ def _tagged_stream(
 
 
 async def _tagged_async_stream(
-    parts: AsyncIterator[Any], before: CallObservation | None, layer: Mapping[str, Any] | None
+    parts: AsyncIterator[Any], before: str | int | None, layer: Mapping[str, Any] | None
 ) -> AsyncIterator[Any]:
     try:
         token = call_metadata.set(layer) if layer is not None else None
@@ -146,7 +142,7 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         # Runs on every call: the helpers are inlined on the common path.
         last = last_sync_call
-        before = last.observation
+        before = last.transaction
         layer = None if usage_metadata is None else _layer(usage_metadata)
         if kwargs.get("stream"):
             return _tagged_stream(original(self, *args, **kwargs), before, layer)
@@ -158,11 +154,9 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
                 result = original(self, *args, **kwargs)
             finally:
                 call_metadata.reset(token)
-        after = last.observation
-        if after is not before and after is not None:
-            transaction = after.transaction  # the transaction_id property, inlined
-            if transaction.__class__ is not str:
-                transaction = after.transaction_id
+        after = last.transaction
+        if after is not before and after is not None:  # transaction_id_between(), inlined
+            transaction = after if after.__class__ is str else format_id(after)  # type: ignore[arg-type]
             try:  # noqa: SIM105 - on every call: suppress() would cost a context manager
                 result.__dict__[TRANSACTION_ATTRIBUTE] = transaction  # as tag()
             except (AttributeError, TypeError):

@@ -40,14 +40,16 @@ call_metadata: ContextVar[Mapping[str, Any] | None] = ContextVar(
 
 
 class _LastSyncCall(threading.local):
-    observation: CallObservation | None = None
+    transaction: str | int | None = None
 
 
-# The observation a transport made last, so that a call wrapper can tell the caller its
-# transaction id: per thread for the sync transport (a thread-local costs a fraction of a
-# context variable), per asyncio task for the async one.
+# The transaction (see ``CallObservation.transaction``) of the call a transport started
+# last, so that a call wrapper can tell the caller its id: per thread for the sync
+# transport (a thread-local costs a fraction of a context variable), per asyncio task for
+# the async one. Not the observation itself: that would keep a response dropped unclosed
+# alive, and its record unsent, until the thread's next call.
 last_sync_call = _LastSyncCall()
-last_async_call: ContextVar[CallObservation | None] = ContextVar("revenium_last_call", default=None)
+last_async_call: ContextVar[str | int | None] = ContextVar("revenium_last_call", default=None)
 
 
 def ignore_bytes(data: bytes) -> bool:
@@ -56,33 +58,30 @@ def ignore_bytes(data: bytes) -> bool:
 
 
 class CallObservation:
-    """One call's facts; the response's are None until ``response_started`` and ``end``."""
+    """One call's facts.
 
-    __slots__ = (
-        "body",
-        "call_metadata",
-        "content_encoding",
-        "content_type",
-        "decode",
-        "ended",
-        "exception",
-        "header_metadata",
-        "layers",
-        "mono_end",
-        "mono_first_token",
-        "mono_headers",
-        "mono_start",
-        "parser",
-        "request_body",
-        "retry_number",
-        "route",
-        "sink",
-        "status",
-        "transaction",
-        "url",
-        "usage_injected",
-        "wall_start",
-    )
+    A call sets only what it learns: everything it may never learn (a response, a first
+    token, an end) is a class default until then. On the caller's path each store counts,
+    and most calls learn half of these only at the end, if at all.
+    """
+
+    # What the OpenAI SDK's calls add (``_transport._openai_request``).
+    retry_number: int | None = None  # the openai SDK's attempt number
+    usage_injected = False  # include_usage was asked for on the caller's behalf
+    # The response head (``_transport._tee``).
+    status: int | None = None
+    content_type: bytes | None = None
+    content_encoding: bytes | None = None
+    mono_headers: float | None = None
+    # The response body: its reads kept, and a stream's parser and decoder.
+    body: list[bytes] | None = None
+    parser: StreamParser | None = None
+    decode: Decode | None = None
+    mono_first_token: float | None = None
+    # The end (``end``).
+    ended: str | None = None
+    exception: BaseException | None = None
+    mono_end: float | None = None
 
     def __init__(
         self,
@@ -90,6 +89,7 @@ class CallObservation:
         request_body: bytes | None,
         layers: tuple[Mapping[str, Any], ...],
         header_metadata: str | None,
+        call_metadata: Mapping[str, Any] | None,
         url: Any,
         sink: Sink,
     ) -> None:
@@ -97,59 +97,33 @@ class CallObservation:
         self.request_body = request_body
         self.layers = layers
         self.header_metadata = header_metadata
+        self.call_metadata = call_metadata  # a call's usage_metadata=
         self.url = url  # the request's URL object, read only off the caller's path
         self.sink = sink
-        self.call_metadata: Mapping[str, Any] | None = None  # a call's usage_metadata=
-        self.retry_number: int | None = None  # the openai SDK's attempt number
-        self.usage_injected = False  # include_usage was asked for on the caller's behalf
-        self.transaction: str | int = take()  # see transaction_id
+        # A ready id, or the random bits of one (see transaction_id).
+        self.transaction: str | int = take()
         self.wall_start = time.time()
         self.mono_start = time.perf_counter()
-        self.status: int | None = None
-        self.content_type: bytes | None = None
-        self.content_encoding: bytes | None = None
-        self.mono_headers: float | None = None
-        self.mono_first_token: float | None = None
-        self.mono_end: float | None = None
-        self.parser: StreamParser | None = None
-        self.body: list[bytes] | None = None
-        self.decode: Decode | None = None
-        self.ended: str | None = None
-        self.exception: BaseException | None = None
 
-    def response_started(
-        self, status: int, content_type: bytes | None, content_encoding: bytes | None
-    ) -> Feed:
-        """Notes the response head; returns the function to show each body read to.
+    def stream_feed(self, content_encoding: bytes | None) -> Feed:
+        """For a streamed response (its API's stream type): the function to show each body
+        read to until the first token.
 
         Only what must be known as it happens is done on the caller's path: a stream is
         parsed until its first token (for the time to first token), then its reads are
         kept, like a whole body's, and parsed in the delivery thread (``digest``).
         """
-        self.mono_headers = time.perf_counter()
-        self.status = status
-        self.content_type = content_type
-        self.content_encoding = content_encoding
-        body: list[bytes] = []
-        # streamed_response(), inlined: this runs on every call.
-        if (
-            status >= 400
-            or content_type is None
-            or (b"ndjson" if self.route.api == NATIVE else b"event-stream") not in content_type
-        ):
-            self.body = body
-            return body.append
         decode = None
         if content_encoding is not None:
             decode = decoder_for(content_encoding.decode("latin-1"))
             if decode is None:
                 return ignore_bytes  # an encoding we cannot read: recorded without usage
+        self.body = []
         route = self.route
         parser: StreamParser = (
             NativeParser() if route.api == NATIVE else OpenAIParser(route.kind, stream=True)
         )
         self.parser = parser
-        self.body = body
         self.decode = decode
         if decode is None:
             return parser.feed
@@ -166,9 +140,7 @@ class CallObservation:
     def streamed_response(self) -> bool:
         """The response's content type is its API's stream type (NDJSON, or SSE for /v1)."""
         content_type = self.content_type
-        if content_type is None:
-            return False
-        return (b"ndjson" if self.route.api == NATIVE else b"event-stream") in content_type
+        return content_type is not None and content_type.find(self.route.stream_type) >= 0
 
     def first_token(self) -> Feed:
         """Stamps the first token; returns the feed for the rest of the stream."""
@@ -200,5 +172,6 @@ class CallObservation:
             return
         self.mono_end = time.perf_counter()
         self.ended = how
-        self.exception = exception
+        if exception is not None:
+            self.exception = exception
         self.sink(self)

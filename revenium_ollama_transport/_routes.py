@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._wire._openai import Kind
@@ -21,6 +21,12 @@ class Route:
     api: str = NATIVE
     kind: Kind = "chat"  # which OpenAI shape; read only when api is OPENAI
     embeddings: bool = False
+    # What the Content-Type of its streamed responses holds: NDJSON natively, SSE on /v1.
+    stream_type: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        stream_type = b"ndjson" if self.api == NATIVE else b"event-stream"
+        object.__setattr__(self, "stream_type", stream_type)  # frozen: set once, here
 
 
 _ROUTES: dict[bytes, Route] = {

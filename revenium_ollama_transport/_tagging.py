@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ._observation import CallObservation, call_metadata, last_async_call, last_sync_call
+from ._ids import format_id
+from ._observation import call_metadata, last_async_call, last_sync_call
 
 TRANSACTION_ATTRIBUTE = "_revenium_transaction_id"
 
 
-def transaction_id_between(
-    before: CallObservation | None, after: CallObservation | None
-) -> str | None:
-    """The id of the call made between two looks at the last observation, if it made one."""
-    return None if after is None or after is before else after.transaction_id
+def transaction_id_between(before: str | int | None, after: str | int | None) -> str | None:
+    """The id of the call made between two looks at the last call's transaction, if one was
+    made. Each call's transaction is an object of its own, so identity tells them apart."""
+    if after is None or after is before:
+        return None
+    return after if after.__class__ is str else format_id(after)  # type: ignore[arg-type]
 
 
 def tag(response: Any, transaction_id: str | None) -> None:
@@ -29,14 +31,14 @@ def tag(response: Any, transaction_id: str | None) -> None:
 
 def call_tagged(call: Callable[[], Any], layer: Mapping[str, Any] | None) -> Any:
     """Makes a sync client call with ``layer`` as its own metadata; tags what it returns."""
-    before = last_sync_call.observation
+    before = last_sync_call.transaction
     token = call_metadata.set(layer) if layer is not None else None
     try:
         result = call()
     finally:
         if token is not None:
             call_metadata.reset(token)
-    tag(result, transaction_id_between(before, last_sync_call.observation))
+    tag(result, transaction_id_between(before, last_sync_call.transaction))
     return result
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import AsyncIterator, Iterator
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -41,7 +41,6 @@ _METADATA_HEADER_KEY = METADATA_HEADER.encode()
 # The openai SDK's own retries: each attempt is a record, numbered from this header.
 _RETRY_HEADER = "x-stainless-retry-count"
 _RETRY_HEADER_KEY = _RETRY_HEADER.encode()
-_LOWER_NAME = itemgetter(1)  # of a header's (raw name, lower-cased name, value)
 
 
 def _end(observation: CallObservation, how: str, exception: BaseException | None = None) -> None:
@@ -56,85 +55,76 @@ def _feed_failed(observation: CallObservation) -> None:
     observation.parser = None
 
 
-class _SyncTee:
-    """Yields the inner stream's chunks unchanged, showing each to the observation.
+class _SyncCall(CallObservation):
+    """A sync call's observation, which is also its response's body stream: it yields the
+    inner stream's chunks unchanged, showing each to ``feed``. One object per call.
 
     With a ``stripper`` (see ``_wire._usage_strip``) it also takes out the usage event the
     caller did not ask for, and bytes then pass event by event instead of read by read.
     """
 
-    def __init__(
-        self,
-        inner: Any,
-        observation: CallObservation,
-        feed: Feed,
-        stripper: UsageStripper | None = None,
-    ) -> None:
-        self._inner = inner
-        self._observation = observation
-        self._feed = feed
-        self._stripper = stripper
+    # Set when the response arrives (``_tee``): the body stream it wraps, and what sees it.
+    inner: Any = None
+    feed: Feed
+    stripper: UsageStripper | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        # One generator either way: the common case's has no per-chunk branch for the other.
-        return self._passed() if self._stripper is None else self._stripped(self._stripper)
-
-    def _passed(self) -> Iterator[bytes]:
-        """The chunks, unchanged: shown to the feed until the first token, then kept."""
-        observation = self._observation
-        feed = self._feed
-        inner = iter(self._inner)
+        if self.stripper is not None:
+            yield from self._stripped(self.stripper)
+            return
+        feed = self.feed
+        inner = iter(self.inner)
         try:
+            # The chunks, unchanged: shown to the feed until the first token, then kept.
             for chunk in inner:
                 try:
                     first = feed(chunk)
                 except Exception:
-                    _feed_failed(observation)
+                    _feed_failed(self)
                     feed, first = ignore_bytes, False
                 if first:
-                    observation.first_token()
+                    self.first_token()
                     yield chunk
                     break
                 yield chunk
             else:
                 try:  # _end(), inlined: once per call
-                    observation.end(ENDED_EOF)
+                    self.end(ENDED_EOF)
                 except Exception:
                     internal_failure("end")
                 return
             # After the first token every read is kept for the delivery thread to parse
             # (CallObservation.digest): per chunk, only what must be done on this path.
-            body = observation.body
+            body = self.body
             if body is not None:
                 keep = body.append
                 for chunk in inner:
                     keep(chunk)
                     if len(body) >= KEEP_LIMIT:
                         try:
-                            observation.digest()  # bounds what a long stream holds
+                            self.digest()  # bounds what a long stream holds
                         except Exception:
-                            _feed_failed(observation)
+                            _feed_failed(self)
                             yield chunk
                             break
                     yield chunk
             for chunk in inner:  # what is left after a parser failure
                 yield chunk
         except BaseException as exc:
-            _end(observation, ENDED_RAISED, exc)
+            _end(self, ENDED_RAISED, exc)
             raise
-        _end(observation, ENDED_EOF)
+        _end(self, ENDED_EOF)
 
     def _stripped(self, stripper: UsageStripper) -> Iterator[bytes]:
         """The chunks less the usage event the caller did not ask for."""
-        observation = self._observation
-        feed = self._feed
+        feed = self.feed
         try:
-            for chunk in self._inner:
+            for chunk in self.inner:
                 try:
                     if feed(chunk):
-                        feed = observation.first_token()
+                        feed = self.first_token()
                 except Exception:
-                    _feed_failed(observation)
+                    _feed_failed(self)
                     feed = ignore_bytes
                 passed = stripper.feed(chunk)
                 if passed:
@@ -142,49 +132,42 @@ class _SyncTee:
             if tail := stripper.finish():
                 yield tail
         except BaseException as exc:
-            _end(observation, ENDED_RAISED, exc)
+            _end(self, ENDED_RAISED, exc)
             raise
-        _end(observation, ENDED_EOF)
+        _end(self, ENDED_EOF)
 
     def close(self) -> None:
         try:
-            self._inner.close()
+            inner = self.inner
+            if inner is not None:
+                inner.close()
         finally:
-            observation = self._observation
-            if observation.ended is None:
-                _end(observation, ENDED_CLOSED)
+            if self.ended is None:
+                _end(self, ENDED_CLOSED)
 
     def __del__(self) -> None:
         # A response dropped without close() still gets its one record, when collected.
-        observation = self._observation
-        if observation.ended is None:
-            _end(observation, ENDED_CLOSED)
+        if self.ended is None:
+            _end(self, ENDED_CLOSED)
 
 
-class _AsyncTee:
-    def __init__(
-        self,
-        inner: Any,
-        observation: CallObservation,
-        feed: Feed,
-        stripper: UsageStripper | None = None,
-    ) -> None:
-        self._inner = inner
-        self._observation = observation
-        self._feed = feed
-        self._stripper = stripper
+class _AsyncCall(CallObservation):
+    """The asyncio counterpart of ``_SyncCall``."""
+
+    inner: Any = None
+    feed: Feed
+    stripper: UsageStripper | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        observation = self._observation
-        feed = self._feed
-        stripper = self._stripper
+        feed = self.feed
+        stripper = self.stripper
         try:
-            async for chunk in self._inner:
+            async for chunk in self.inner:
                 try:
                     if feed(chunk):
-                        feed = observation.first_token()
+                        feed = self.first_token()
                 except Exception:
-                    _feed_failed(observation)
+                    _feed_failed(self)
                     feed = ignore_bytes
                 if stripper is None:
                     yield chunk
@@ -195,31 +178,37 @@ class _AsyncTee:
             if stripper is not None and (tail := stripper.finish()):
                 yield tail
         except BaseException as exc:
-            _end(observation, ENDED_RAISED, exc)
+            _end(self, ENDED_RAISED, exc)
             raise
-        _end(observation, ENDED_EOF)
+        _end(self, ENDED_EOF)
 
     async def aclose(self) -> None:
         try:
-            await self._inner.aclose()
+            inner = self.inner
+            if inner is not None:
+                await inner.aclose()
         finally:
-            _end(self._observation, ENDED_CLOSED)
+            if self.ended is None:
+                _end(self, ENDED_CLOSED)
 
     def __del__(self) -> None:
-        _end(self._observation, ENDED_CLOSED)
+        if self.ended is None:
+            _end(self, ENDED_CLOSED)
 
 
 class _Family:
-    """An HTTP library family (httpx or httpx2): its module and our tee types for it."""
+    """An HTTP library family (httpx or httpx2): its module and our call types for it."""
 
-    __slots__ = ("async_tee", "module", "sync_tee")
+    __slots__ = ("async_call", "module", "sync_call")
 
     def __init__(self, module_name: str) -> None:
         self.module: Any = importlib.import_module(module_name)
         # The client asserts that a response stream is its own family's byte stream.
-        self.sync_tee: type[_SyncTee] = type("SyncTee", (_SyncTee, self.module.SyncByteStream), {})
-        self.async_tee: type[_AsyncTee] = type(
-            "AsyncTee", (_AsyncTee, self.module.AsyncByteStream), {}
+        self.sync_call: type[_SyncCall] = type(
+            "SyncCall", (_SyncCall, self.module.SyncByteStream), {}
+        )
+        self.async_call: type[_AsyncCall] = type(
+            "AsyncCall", (_AsyncCall, self.module.AsyncByteStream), {}
         )
 
 
@@ -248,31 +237,35 @@ def _has_header(headers: Any, lower_name: bytes) -> bool:
     triples = getattr(headers, "_list", None)
     if triples is None:
         return lower_name.decode() in headers
-    return lower_name in map(_LOWER_NAME, triples)  # no Python-level loop
+    for triple in triples:  # noqa: SIM110 - quicker than any() or map() over so few
+        if triple[1] == lower_name:
+            return True
+    return False
 
 
 def _content_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
-    """(Content-Type, Content-Encoding) in one pass over the headers (see ``_has_header``)."""
-    triples = getattr(headers, "_list", None)
-    if triples is None:
-        content_type, encoding = headers.get("content-type"), headers.get("content-encoding")
-        return (
-            None if content_type is None else content_type.encode("latin-1"),
-            None if encoding is None else encoding.encode("latin-1"),
-        )
-    content_type = encoding = None
-    for _, name, value in triples:
-        if name == b"content-type":
-            content_type = value
-        elif name == b"content-encoding":
-            encoding = value
-    if encoding is not None and encoding.strip().lower() == b"identity":
-        encoding = None
-    return content_type, encoding
+    """(Content-Type, Content-Encoding) of headers without ``_list`` (see ``_has_header``)."""
+    content_type, encoding = headers.get("content-type"), headers.get("content-encoding")
+    return (
+        None if content_type is None else content_type.encode("latin-1"),
+        None if encoding is None else encoding.encode("latin-1"),
+    )
 
 
-def _observe(request: Any, sink: Sink) -> tuple[CallObservation | None, Any]:
-    """Starts an observation for a metered request (None for any other, or if anything
+def _take_metadata_header(headers: Any) -> str:
+    """Takes the metadata header off a request, so that Ollama never sees it."""
+    header_metadata: str = headers[METADATA_HEADER]
+    del headers[METADATA_HEADER]
+    if strict():
+        check(header_layer(header_metadata))
+    return header_metadata
+
+
+_Call = TypeVar("_Call", _SyncCall, _AsyncCall)
+
+
+def _observe(request: Any, sink: Sink, call_type: type[_Call]) -> tuple[_Call | None, Any]:
+    """Starts the observation of a metered request (None for any other, or if anything
     goes wrong); returns it with the request to forward, which is ``request`` itself
     unless the body had to change (see ``_wire._openai_request``). Takes the metadata
     header off the request so that Ollama never sees it. Runs on every call: one function,
@@ -280,11 +273,15 @@ def _observe(request: Any, sink: Sink) -> tuple[CallObservation | None, Any]:
     try:
         headers = request.headers
         header_metadata: str | None = None
-        if _has_header(headers, _METADATA_HEADER_KEY):
-            header_metadata = headers[METADATA_HEADER]
-            del headers[METADATA_HEADER]
-            if strict():
-                check(header_layer(header_metadata))
+        triples = getattr(headers, "_list", None)
+        if triples is None:
+            if _has_header(headers, _METADATA_HEADER_KEY):
+                header_metadata = _take_metadata_header(headers)
+        else:
+            for triple in triples:  # _has_header(), inlined
+                if triple[1] == _METADATA_HEADER_KEY:
+                    header_metadata = _take_metadata_header(headers)
+                    break
         url = request.url
         route = route_for_url(request.method, url)
         if route is None or not _sink.metering_enabled:
@@ -295,11 +292,10 @@ def _observe(request: Any, sink: Sink) -> tuple[CallObservation | None, Any]:
             body = None
         if sink is submit_default:  # the default sink as it is now: one call less at the end
             sink = _default_sink[0]
-        observation = CallObservation(route, body, current_layers(), header_metadata, url, sink)
         metadata = call_metadata.get()
+        observation = call_type(route, body, current_layers(), header_metadata, metadata, url, sink)
         if route.api == OPENAI:
-            request, metadata = _openai_request(observation, request, body, metadata)
-        observation.call_metadata = metadata
+            request = _openai_request(observation, request, body)
         return observation, request
     except MetadataError:
         raise  # strict mode asked for it
@@ -308,57 +304,79 @@ def _observe(request: Any, sink: Sink) -> tuple[CallObservation | None, Any]:
         return None, request
 
 
-def _openai_request(
-    observation: CallObservation, request: Any, body: bytes | None, metadata: Any
-) -> tuple[Any, Any]:
+def _openai_request(observation: CallObservation, request: Any, body: bytes | None) -> Any:
     """The OpenAI SDK's extras: metadata in the body, usage asked for, its retry count."""
     headers = request.headers
     if _has_header(headers, _RETRY_HEADER_KEY):
         count = headers[_RETRY_HEADER].strip()
         observation.retry_number = int(count) if count.isdigit() else None
     if not body:
-        return request, metadata
+        return request
     change = rewrite(observation.route.kind, body)
     if change.metadata is not None:
         layer = as_layer(change.metadata)
         if layer:
             check(layer)
-            metadata = layer
+            observation.call_metadata = layer
     observation.usage_injected = change.usage_injected
     if change.body is None:
-        return request, metadata
+        return request
     observation.request_body = change.body
     kept = [(name, value) for name, value in headers.raw if name.lower() != b"content-length"]
-    forward = type(request)(
+    return type(request)(
         request.method,
         request.url,
         headers=kept,
         content=change.body,
         extensions=request.extensions,
     )
-    return forward, metadata
 
 
-def _tee(observation: CallObservation, response: Any, tee_type: type[_SyncTee | _AsyncTee]) -> None:
-    """Notes the response head and puts the tee around its body; on any failure, leaves the
-    response be."""
+def _tee(call: _SyncCall | _AsyncCall, response: Any) -> None:
+    """Notes the response head and makes the call its body stream, around the one it had;
+    on any failure, leaves the response be. Runs on every call: helpers inlined."""
     try:
-        content_type, encoding = _content_headers(response.headers)
-        feed = observation.response_started(response.status_code, content_type, encoding)
+        call.mono_headers = perf_counter()
+        call.status = status = response.status_code
+        headers = response.headers
+        triples = getattr(headers, "_list", None)
+        if triples is None:
+            content_type, encoding = _content_headers(headers)
+        else:
+            content_type = encoding = None
+            for _, name, value in triples:
+                if name == b"content-type":
+                    content_type = value
+                elif name == b"content-encoding":
+                    encoding = value
+        call.content_type = content_type
+        if encoding is not None:
+            if encoding.strip().lower() == b"identity":
+                encoding = None
+            else:
+                call.content_encoding = encoding
+        # find, not "in": bytes' "in" first tries its operand as an int, which raises.
+        if status >= 400 or content_type is None or content_type.find(call.route.stream_type) < 0:
+            body: list[bytes] = []
+            call.body = body
+            feed: Feed = body.append
+        else:
+            feed = call.stream_feed(encoding)
         # A response built from bytes (MockTransport, ASGI/WSGI apps) arrives already read.
         content = getattr(response, "_content", None)
         if content is not None:
             if feed(content):
-                observation.first_token()
-            _end(observation, ENDED_EOF)
+                call.first_token()
+            _end(call, ENDED_EOF)
             return
-        stripper = None
-        if observation.usage_injected and observation.parser is not None:
-            if observation.content_encoding is None:
-                stripper = UsageStripper(observation.route.kind)
+        if call.usage_injected and call.parser is not None:
+            if encoding is None:
+                call.stripper = UsageStripper(call.route.kind)
             else:  # compressed bytes cannot be cut at events: let the usage event through
                 counters.add("usage_event_not_removed")
-        response.stream = tee_type(response.stream, observation, feed, stripper)
+        call.feed = feed
+        call.inner = response.stream
+        response.stream = call
     except Exception:
         internal_failure("response")
 
@@ -426,20 +444,20 @@ class ReveniumTransport(_SyncBase):
         self._sink: Sink = sink if sink is not None else submit_default
 
     def handle_request(self, request: Any) -> Any:
-        family = _family_of(request)
-        observation, request = _observe(request, self._sink)
+        family = _families.get(type(request)) or _family_of(request)
+        observation, request = _observe(request, self._sink, family.sync_call)
         inner = self._given
         if inner is None:
             inner = self._inners.for_family(family)
         if observation is None:
             return inner.handle_request(request)
-        last_sync_call.observation = observation
+        last_sync_call.transaction = observation.transaction
         try:
             response = inner.handle_request(request)
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
-        _tee(observation, response, family.sync_tee)
+        _tee(observation, response)
         return response
 
     def close(self) -> None:
@@ -458,20 +476,20 @@ class AsyncReveniumTransport(_AsyncBase):
         self._sink: Sink = sink if sink is not None else submit_default
 
     async def handle_async_request(self, request: Any) -> Any:
-        family = _family_of(request)
-        observation, request = _observe(request, self._sink)
+        family = _families.get(type(request)) or _family_of(request)
+        observation, request = _observe(request, self._sink, family.async_call)
         inner = self._given
         if inner is None:
             inner = self._inners.for_family(family)
         if observation is None:
             return await inner.handle_async_request(request)
-        last_async_call.set(observation)
+        last_async_call.set(observation.transaction)
         try:
             response = await inner.handle_async_request(request)
         except BaseException as exc:
             _end(observation, ENDED_RAISED, exc)
             raise
-        _tee(observation, response, family.async_tee)
+        _tee(observation, response)
         return response
 
     async def aclose(self) -> None:

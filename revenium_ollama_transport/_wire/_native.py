@@ -141,7 +141,7 @@ class NativeParser:
 
     def _line(self, line: bytes) -> None:
         if line.endswith(_LINE_TAIL):
-            if self.first_token_seen and _TOOL_CALLS_KEY not in line:
+            if self.first_token_seen and line.find(_TOOL_CALLS_KEY) < 0:  # find: see below
                 self.token_chunks += 1
                 return
             self._classify(line)
@@ -149,7 +149,8 @@ class NativeParser:
         line = line.strip()
         if not line:
             return
-        if _NOT_DONE in line:
+        # find, not "in": bytes' "in" first tries the operand as an int, and raises
+        if line.find(_NOT_DONE) >= 0:
             self._classify(line)  # an intermediate chunk with its fields in another order
         else:
             self._kept.append(line)

@@ -31,7 +31,7 @@ UNCHANGED = RequestRewrite(None, None, usage_injected=False, streamed=False)
 def rewrite(kind: str, body: bytes) -> RequestRewrite:
     # Byte checks first: a request that mentions neither key is forwarded untouched
     # without being parsed.
-    if b'"stream"' not in body and b'"usage_metadata"' not in body:
+    if body.find(b'"stream"') < 0 and body.find(b'"usage_metadata"') < 0:  # quicker than "in"
         return UNCHANGED
     try:
         request = orjson.loads(body)

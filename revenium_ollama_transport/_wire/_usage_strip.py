@@ -73,7 +73,7 @@ class UsageStripper:
             self._lf_is_dropped = False
             if raw.startswith(b"\n"):
                 raw = raw[1:]
-        if event is None or _USAGE_KEY not in event.data:
+        if event is None or event.data.find(_USAGE_KEY) < 0:  # find: quicker than "in"
             return raw
         if is_usage_only_chunk(event.data):
             self._lf_is_dropped = raw.endswith(b"\r")
