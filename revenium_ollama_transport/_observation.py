@@ -60,9 +60,9 @@ def ignore_bytes(data: bytes) -> bool:
 class CallObservation:
     """One call's facts.
 
-    A call sets only what it learns: everything it may never learn (a response, a first
-    token, an end) is a class default until then. On the caller's path each store counts,
-    and most calls learn half of these only at the end, if at all.
+    A call stores only what it learns: what it may never learn (a response, a first token,
+    an exception) is a class default until then. On the caller's path every store counts,
+    and a call learns most of these only later, if at all. The delivery thread reads them.
     """
 
     # What the OpenAI SDK's calls add (``_transport._openai_request``).
@@ -78,8 +78,7 @@ class CallObservation:
     parser: StreamParser | None = None
     decode: Decode | None = None
     mono_first_token: float | None = None
-    # The end (``end``).
-    ended: str | None = None
+    # The end (``end``); ``ended`` is set at the start, being read on the caller's path.
     exception: BaseException | None = None
     mono_end: float | None = None
 
@@ -104,6 +103,9 @@ class CallObservation:
         self.transaction: str | int = take()
         self.wall_start = time.time()
         self.mono_start = time.perf_counter()
+        # Set here, not left to a class default: reading one of those (not in the instance)
+        # is a slow, unspecialised lookup, and the caller's path reads this one.
+        self.ended: str | None = None
 
     def stream_feed(self, content_encoding: bytes | None) -> Feed:
         """For a streamed response (its API's stream type): the function to show each body

@@ -29,7 +29,7 @@ from ._observation import (
     last_async_call,
     last_sync_call,
 )
-from ._routes import OPENAI, route_for_url
+from ._routes import OPENAI, ROUTES_BY_PATH, route_for_url
 from ._sink import _default as _default_sink
 from ._sink import submit_default
 from ._stats import counters, internal_failure
@@ -66,7 +66,7 @@ class _SyncCall(CallObservation):
     # Set when the response arrives (``_tee``): the body stream it wraps, and what sees it.
     inner: Any = None
     feed: Feed
-    stripper: UsageStripper | None = None
+    stripper: UsageStripper | None
 
     def __iter__(self) -> Iterator[bytes]:
         if self.stripper is not None:
@@ -156,7 +156,7 @@ class _AsyncCall(CallObservation):
 
     inner: Any = None
     feed: Feed
-    stripper: UsageStripper | None = None
+    stripper: UsageStripper | None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         feed = self.feed
@@ -283,12 +283,23 @@ def _observe(request: Any, sink: Sink, call_type: type[_Call]) -> tuple[_Call | 
                     header_metadata = _take_metadata_header(headers)
                     break
         url = request.url
-        route = route_for_url(request.method, url)
+        method = request.method
+        # route_for_url(), its common case inlined: an httpx URL whose path is a route's own.
+        try:
+            reference = url._uri_reference  # getattr(url, name, None) costs more
+        except AttributeError:
+            reference = None
+        route = None
+        if reference is not None and reference.query is None:
+            route = ROUTES_BY_PATH.get(reference.path)
+        if route is None or method != "POST":
+            route = route_for_url(method, url)
         if route is None or not _sink.metering_enabled:
             return None, request
         try:
-            body: bytes | None = request.content
-        except Exception:  # a streaming request body: nothing to read without consuming it
+            # What request.content returns, without its property's Python frame.
+            body: bytes | None = request._content
+        except AttributeError:  # a streaming request body: nothing to read without consuming it
             body = None
         if sink is submit_default:  # the default sink as it is now: one call less at the end
             sink = _default_sink[0]
@@ -355,6 +366,7 @@ def _tee(call: _SyncCall | _AsyncCall, response: Any) -> None:
                 encoding = None
             else:
                 call.content_encoding = encoding
+        stripper = None
         # find, not "in": bytes' "in" first tries its operand as an int, which raises.
         if status >= 400 or content_type is None or content_type.find(call.route.stream_type) < 0:
             body: list[bytes] = []
@@ -362,19 +374,21 @@ def _tee(call: _SyncCall | _AsyncCall, response: Any) -> None:
             feed: Feed = body.append
         else:
             feed = call.stream_feed(encoding)
+            if call.usage_injected and call.parser is not None:
+                if encoding is None:
+                    stripper = UsageStripper(call.route.kind)
+                else:  # compressed bytes cannot be cut at events: let the usage event through
+                    counters.add("usage_event_not_removed")
         # A response built from bytes (MockTransport, ASGI/WSGI apps) arrives already read.
-        content = getattr(response, "_content", None)
+        # (is_stream_consumed first: looking for an attribute that is not there is slow.)
+        content = getattr(response, "_content", None) if response.is_stream_consumed else None
         if content is not None:
             if feed(content):
                 call.first_token()
             _end(call, ENDED_EOF)
             return
-        if call.usage_injected and call.parser is not None:
-            if encoding is None:
-                call.stripper = UsageStripper(call.route.kind)
-            else:  # compressed bytes cannot be cut at events: let the usage event through
-                counters.add("usage_event_not_removed")
         call.feed = feed
+        call.stripper = stripper
         call.inner = response.stream
         response.stream = call
     except Exception:

@@ -533,11 +533,13 @@ def test_queue_overflow_drops_with_one_warning_and_calls_succeed(
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(30):
             chat(c)  # each call returns its answer
-    # Held: five in the queue, one request in flight, and the rest of the batch the delivery
-    # thread had taken from the queue (and written ahead) when the API stopped answering:
-    # the records taken together in the first moments, a handful at most.
-    assert stat("dropped.queue_full") >= 30 - 10
-    assert metering.stats()["queued"] <= 10
+    # Held: five in the queue, one request in flight, and the batch the delivery thread took
+    # from the queue after it (at most what the queue held: five). Whether that request went
+    # out alone or as the first of a batch depends on timing, so the bound is the larger.
+    held = 5 + 1 + 5
+    assert stat("dropped.queue_full") >= 30 - held
+    assert stat("dropped.queue_full") + metering.stats()["queued"] == 30
+    assert metering.stats()["queued"] <= held
     full = [r for r in our_logs(caplog) if "queue is full" in r.getMessage()]
     assert len(full) == 1, [r.getMessage() for r in full]
     api.set_mode("normal")
@@ -547,7 +549,7 @@ def test_queue_overflow_drops_with_one_warning_and_calls_succeed(
         timeout=10.0,
         what="every call either delivered or counted as dropped",
     )
-    assert 1 <= len(api.records) <= 10
+    assert 1 <= len(api.records) <= held
     # The API stores a record before its answer reaches the delivery thread, which counts it.
     assert metering.flush(10.0)
     assert stat("delivered") == len(api.records)
