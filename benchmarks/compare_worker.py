@@ -60,6 +60,8 @@ from _ollama_mock import (
 
 OLLAMA_URL = "http://ollama.bench"
 CONCURRENT = 50
+# Transaction ids made ahead for the records-discarded diagnostic: more than a run takes.
+CALLER_ONLY_IDS = 200_000
 
 # scenario -> (records one call makes, the tokens Ollama reported for each)
 EXPECTED: dict[str, tuple[int, tuple[int, int]]] = {
@@ -311,6 +313,11 @@ def _ours_caller_only(down: int | None) -> Setup:
     importlib.import_module("revenium_ollama_transport")
     sink: Any = importlib.import_module("revenium_ollama_transport._sink")
     sink.set_default_sink(lambda observation: None)
+    # The delivery thread keeps transaction ids made ahead; without it, they are made here,
+    # more than any run takes, so that calls do not format their ids themselves.
+    ids: Any = importlib.import_module("revenium_ollama_transport._ids")
+    ids.RESERVE = CALLER_ONLY_IDS
+    ids.replenish()
     return Setup(records=False)
 
 

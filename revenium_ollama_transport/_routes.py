@@ -58,7 +58,7 @@ def route_for(method: str, raw_path: bytes) -> Route | None:
     return _ROUTES.get(path[cut:] if cut > 0 else path)
 
 
-ROUTES_BY_PATH: dict[str, Route] = {path.decode(): route for path, route in _ROUTES.items()}
+_BY_PATH: dict[str, Route] = {path.decode(): route for path, route in _ROUTES.items()}
 
 
 def route_for_url(method: str, url: Any) -> Route | None:
@@ -68,7 +68,7 @@ def route_for_url(method: str, url: Any) -> Route | None:
         return None
     reference = getattr(url, "_uri_reference", None)
     if reference is not None and reference.query is None:
-        route = ROUTES_BY_PATH.get(reference.path)
+        route = _BY_PATH.get(reference.path)
         if route is not None:
             return route
     return route_for(method, url.raw_path)

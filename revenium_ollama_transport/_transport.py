@@ -29,7 +29,7 @@ from ._observation import (
     last_async_call,
     last_sync_call,
 )
-from ._routes import OPENAI, ROUTES_BY_PATH, route_for_url
+from ._routes import OPENAI, route_for_url
 from ._sink import _default as _default_sink
 from ._sink import submit_default
 from ._stats import counters, internal_failure
@@ -283,23 +283,12 @@ def _observe(request: Any, sink: Sink, call_type: type[_Call]) -> tuple[_Call | 
                     header_metadata = _take_metadata_header(headers)
                     break
         url = request.url
-        method = request.method
-        # route_for_url(), its common case inlined: an httpx URL whose path is a route's own.
-        try:
-            reference = url._uri_reference  # getattr(url, name, None) costs more
-        except AttributeError:
-            reference = None
-        route = None
-        if reference is not None and reference.query is None:
-            route = ROUTES_BY_PATH.get(reference.path)
-        if route is None or method != "POST":
-            route = route_for_url(method, url)
+        route = route_for_url(request.method, url)
         if route is None or not _sink.metering_enabled:
             return None, request
         try:
-            # What request.content returns, without its property's Python frame.
-            body: bytes | None = request._content
-        except AttributeError:  # a streaming request body: nothing to read without consuming it
+            body: bytes | None = request.content
+        except Exception:  # a streaming request body: nothing to read without consuming it
             body = None
         if sink is submit_default:  # the default sink as it is now: one call less at the end
             sink = _default_sink[0]
