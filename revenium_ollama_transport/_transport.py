@@ -63,16 +63,32 @@ class _SyncCall(CallObservation):
     caller did not ask for, and bytes then pass event by event instead of read by read.
     """
 
-    # Set when the response arrives (``_tee``): the body stream it wraps, and what sees it.
+    # Set when the response arrives (``_tee``): the body stream it wraps, and for a stream
+    # (feed not None) what is shown its reads.
     inner: Any = None
-    feed: Feed
+    feed: Feed | None
     stripper: UsageStripper | None
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.stripper is not None:
-            yield from self._stripped(self.stripper)
-            return
         feed = self.feed
+        if feed is None:
+            # A whole body (JSON, an error): every read kept for the delivery thread to parse.
+            keep = self.body.append  # type: ignore[union-attr]  # _tee made it with feed None
+            try:
+                for chunk in self.inner:
+                    keep(chunk)
+                    yield chunk
+            except BaseException as exc:
+                _end(self, ENDED_RAISED, exc)
+                raise
+            try:  # _end(), inlined: once per call
+                self.end(ENDED_EOF)
+            except Exception:
+                internal_failure("end")
+            return
+        if self.stripper is not None:
+            yield from self._stripped(feed, self.stripper)
+            return
         inner = iter(self.inner)
         try:
             # The chunks, unchanged: shown to the feed until the first token, then kept.
@@ -115,9 +131,8 @@ class _SyncCall(CallObservation):
             raise
         _end(self, ENDED_EOF)
 
-    def _stripped(self, stripper: UsageStripper) -> Iterator[bytes]:
+    def _stripped(self, feed: Feed, stripper: UsageStripper) -> Iterator[bytes]:
         """The chunks less the usage event the caller did not ask for."""
-        feed = self.feed
         try:
             for chunk in self.inner:
                 try:
@@ -155,14 +170,19 @@ class _AsyncCall(CallObservation):
     """The asyncio counterpart of ``_SyncCall``."""
 
     inner: Any = None
-    feed: Feed
+    feed: Feed | None
     stripper: UsageStripper | None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         feed = self.feed
+        body = self.body
         stripper = self.stripper
         try:
             async for chunk in self.inner:
+                if feed is None:  # a whole body: every read kept
+                    body.append(chunk)  # type: ignore[union-attr]  # made by _tee
+                    yield chunk
+                    continue
                 try:
                     if feed(chunk):
                         feed = self.first_token()
@@ -355,12 +375,12 @@ def _tee(call: _SyncCall | _AsyncCall, response: Any) -> None:
                 encoding = None
             else:
                 call.content_encoding = encoding
+        feed: Feed | None = None
+        body: list[bytes] | None = None
         stripper = None
         # find, not "in": bytes' "in" first tries its operand as an int, which raises.
         if status >= 400 or content_type is None or content_type.find(call.route.stream_type) < 0:
-            body: list[bytes] = []
-            call.body = body
-            feed: Feed = body.append
+            body = call.body = []  # a whole body (feed None): its reads kept, parsed later
         else:
             feed = call.stream_feed(encoding)
             if call.usage_injected and call.parser is not None:
@@ -372,7 +392,9 @@ def _tee(call: _SyncCall | _AsyncCall, response: Any) -> None:
         # (is_stream_consumed first: looking for an attribute that is not there is slow.)
         content = getattr(response, "_content", None) if response.is_stream_consumed else None
         if content is not None:
-            if feed(content):
+            if body is not None:
+                body.append(content)
+            elif feed is not None and feed(content):
                 call.first_token()
             _end(call, ENDED_EOF)
             return
