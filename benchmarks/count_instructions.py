@@ -2,7 +2,8 @@
 times on a shared machine, and what a change to the hot paths is judged by.
 
 Each figure is (instructions with N2) - (instructions with N1), over N2 - N1, so that start-up
-and imports cancel out; ``PYTHONHASHSEED=0`` keeps dictionaries laid out alike run to run.
+and imports cancel out (every mode runs once first, uncounted, so that no counted run
+compiles a module); ``PYTHONHASHSEED=0`` keeps dictionaries laid out alike run to run.
 
 - call: a small ``Client.chat`` over an in-process mock of Ollama, as plain ollama, through
   the explicit transport and through the installed path; records are discarded as they are
@@ -73,6 +74,10 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not on the PATH: nothing counted", file=sys.stderr)
         return 1
+    # Each mode once, uncounted: a module compiled (its .pyc written) inside a counted run
+    # would be counted in one of the pair only, and not cancel out.
+    for mode in ("installed", "transport", "delivery"):
+        subprocess.run([sys.executable, str(WORKER), mode, "1"], capture_output=True, check=True)
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as scratch:
         where = Path(scratch)
         calls = {
