@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from . import _config, _signals, _sink
+from ._exact_wrap import exact_wrapper
 from ._ids import format_id
 from ._import_hook import AfterImport
 from ._install_openai import install_openai
@@ -163,7 +164,7 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
                 pass
         return result
 
-    return metered
+    return exact_wrapper(original, metered, asynchronous=False) or metered
 
 
 def _async_method(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -177,7 +178,7 @@ def _async_method(original: Callable[..., Any]) -> Callable[..., Any]:
             return _tagged_async_stream(await original(self, *args, **kwargs), before, layer)
         return await call_tagged_async(lambda: original(self, *args, **kwargs), layer)
 
-    return metered
+    return exact_wrapper(original, metered, asynchronous=True) or metered
 
 
 def _metered_init(original: Callable[..., None]) -> Callable[..., None]:
