@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import AsyncIterator, Iterator
+from itertools import filterfalse, islice
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -75,9 +76,7 @@ class _SyncCall(CallObservation):
             # A whole body (JSON, an error): every read kept for the delivery thread to parse.
             keep = self.body.append  # type: ignore[union-attr]  # _tee made it with feed None
             try:
-                for chunk in self.inner:
-                    keep(chunk)
-                    yield chunk
+                yield from filterfalse(keep, self.inner)  # see below
             except BaseException as exc:
                 _end(self, ENDED_RAISED, exc)
                 raise
@@ -110,22 +109,21 @@ class _SyncCall(CallObservation):
                     internal_failure("end")
                 return
             # After the first token every read is kept for the delivery thread to parse
-            # (CallObservation.digest): per chunk, only what must be done on this path.
+            # (CallObservation.digest). filterfalse() passes on each read that keep()
+            # (list.append: None) was shown, all in C: no Python step per read here.
             body = self.body
             if body is not None:
                 keep = body.append
-                for chunk in inner:
-                    keep(chunk)
-                    if len(body) >= KEEP_LIMIT:
-                        try:
-                            self.digest()  # bounds what a long stream holds
-                        except Exception:
-                            _feed_failed(self)
-                            yield chunk
-                            break
-                    yield chunk
-            for chunk in inner:  # what is left after a parser failure
-                yield chunk
+                while True:
+                    yield from filterfalse(keep, islice(inner, KEEP_LIMIT))
+                    if len(body) < KEEP_LIMIT:
+                        break  # the stream ended within these reads
+                    try:
+                        self.digest()  # bounds what a long stream holds
+                    except Exception:
+                        _feed_failed(self)
+                        break
+            yield from inner  # what is left after a parser failure (else nothing)
         except BaseException as exc:
             _end(self, ENDED_RAISED, exc)
             raise

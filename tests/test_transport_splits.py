@@ -116,6 +116,24 @@ def test_a_long_stream_is_digested_as_it_goes_and_counted_exactly() -> None:
     assert record.wire["outputTokenCount"] == tokens
 
 
+@pytest.mark.parametrize(
+    "after_first",
+    [0, 1, KEEP_LIMIT - 1, KEEP_LIMIT, KEEP_LIMIT + 1, 2 * KEEP_LIMIT, 2 * KEEP_LIMIT + 3],
+)
+def test_a_stream_read_to_its_end_at_every_length_around_the_digest(after_first: int) -> None:
+    # After the first token reads are kept KEEP_LIMIT at a time: a stream that ends on,
+    # just before or just after such a boundary passes whole and is counted whole.
+    lines = [_streams.chat_line(f"t{i}") for i in range(1 + after_first)]
+    lines.append(_streams.final_line(output=len(lines)))
+    sink = RecordingSink()
+    assert read_through(lines, "/api/chat", "application/x-ndjson", sink) == lines
+    [observation] = sink.observations
+    assert observation.body is not None and len(observation.body) <= KEEP_LIMIT
+    [record] = sink.records()
+    assert record.wire["stopReason"] == "END"
+    assert record.wire["outputTokenCount"] == len(lines) - 1
+
+
 # --- OpenAI-compatible streams (SSE), through the transport -----------------------------
 
 CHAT_SSE = (
