@@ -76,7 +76,9 @@ class _SyncCall(CallObservation):
             # A whole body (JSON, an error): every read kept for the delivery thread to parse.
             keep = self.body.append  # type: ignore[union-attr]  # _tee made it with feed None
             try:
-                yield from filterfalse(keep, self.inner)  # see below
+                for chunk in self.inner:  # most often a single read: no need for filterfalse
+                    keep(chunk)
+                    yield chunk
             except BaseException as exc:
                 _end(self, ENDED_RAISED, exc)
                 raise
