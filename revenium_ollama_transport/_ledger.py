@@ -2,8 +2,9 @@
 
 Without a metering API key it is where records go; with one, ``REVENIUM_LEDGER=on`` keeps a
 local copy too. Rows are written in batches by the delivery thread, never by the caller.
-Several processes may write one ledger at once: WAL journal, a generous busy timeout, and
-``INSERT OR IGNORE`` on the transaction id (a replayed record is stored once).
+Several processes may write one ledger at once: WAL journal, a generous busy timeout, a
+batch refused as locked tried again, and ``INSERT OR IGNORE`` on the transaction id (a
+replayed record, or a batch tried twice, is stored once).
 
 The schema is versioned with ``PRAGMA user_version``; ``_MIGRATIONS[n]`` takes a ledger
 from version ``n`` to ``n + 1``, so an old ledger is brought up to date when it is opened.
@@ -33,6 +34,15 @@ FILE_NAME = "ledger.sqlite3"
 
 # A writer waits this long for another process's transaction before giving up on a batch.
 _BUSY_TIMEOUT_S = 30.0
+# A batch refused as locked or busy is tried this many times in all, pausing in between.
+_BUSY_ATTEMPTS = 4
+_BUSY_PAUSE_S = 0.2
+
+
+def _busy(exc: BaseException) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
 
 # Columns of ``calls`` filled from a record, in insert order.
 COLUMNS: tuple[str, ...] = (
@@ -324,17 +334,24 @@ class LedgerWriter:
         """Stores records given with their wire serialised (as delivery has them)."""
         if not items:
             return
-        try:
-            connection = self._open(path)
-            now = time.time()
-            insert(connection, (row(record, sent_live, now, body) for record, body in items))
-        except (LedgerError, sqlite3.Error, OSError) as exc:
-            counters.add("dropped.ledger_error", len(items))
-            if path not in self._warned:
-                self._warned.add(path)
-                logger.warning("local ledger: records not stored: %s", exc)
-            self.close()
-            return
+        for attempt in range(1, _BUSY_ATTEMPTS + 1):
+            try:
+                connection = self._open(path)
+                now = time.time()
+                insert(connection, (row(record, sent_live, now, body) for record, body in items))
+                break
+            except (LedgerError, sqlite3.Error, OSError) as exc:
+                self.close()
+                # SQLite answers "locked" at once, without waiting out the busy timeout, in
+                # a few cases (several processes opening a new ledger together): try again.
+                if attempt < _BUSY_ATTEMPTS and _busy(exc):
+                    time.sleep(_BUSY_PAUSE_S * attempt)
+                    continue
+                counters.add("dropped.ledger_error", len(items))
+                if path not in self._warned:
+                    self._warned.add(path)
+                    logger.warning("local ledger: records not stored: %s", exc)
+                return
         counters.add("ledger_written", len(items))
 
     def _open(self, path: Path) -> sqlite3.Connection:

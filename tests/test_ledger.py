@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -178,6 +179,33 @@ def test_a_replayed_record_is_stored_once(tmp_path: Path) -> None:
     assert _ledger.insert(connection, [_ledger.row(record, False, 2.0)]) == 0
     (row,) = rows(path)
     assert row["started_at"] == datetime.fromisoformat("2026-12-05T10:00:00+00:00").timestamp()
+
+
+def test_a_batch_refused_as_locked_is_tried_again_and_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    _ledger.connect(path).close()
+    monkeypatch.setattr(_ledger, "_BUSY_TIMEOUT_S", 0.05)  # "locked" before the lock goes
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(0.15, holder.rollback)  # within the writer's second attempt
+    items = [
+        (MeteringRecord(wire={"transactionId": f"t-{i}", "model": "m"}, details={}), b"{}")
+        for i in range(3)
+    ]
+    written, dropped = counters.get("ledger_written"), counters.get("dropped.ledger_error")
+    writer = _ledger.LedgerWriter()
+    release.start()
+    try:
+        writer.write(items, path, sent_live=False)
+    finally:
+        release.join()
+        holder.close()
+        writer.close()
+    assert counters.get("dropped.ledger_error") == dropped
+    assert counters.get("ledger_written") == written + 3
+    assert sorted(r["transaction_id"] for r in rows(path)) == ["t-0", "t-1", "t-2"]
 
 
 def test_an_existing_database_is_migrated_and_a_newer_one_refused(tmp_path: Path) -> None:
