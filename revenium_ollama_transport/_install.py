@@ -19,14 +19,19 @@ from typing import Any
 
 from . import _config, _signals, _sink
 from ._exact_wrap import exact_wrapper
-from ._ids import format_id
 from ._import_hook import AfterImport
 from ._install_openai import install_openai
 from ._metadata import as_layer, check
 from ._observation import call_metadata, last_async_call, last_sync_call
 from ._spool_dir import has_waiting
 from ._stats import internal_failure
-from ._tagging import TRANSACTION_ATTRIBUTE, call_tagged_async, tag, transaction_id_between
+from ._tagging import (
+    TRANSACTION_ATTRIBUTE,
+    call_tagged,
+    call_tagged_async,
+    tag,
+    transaction_id_between,
+)
 from ._transport import AsyncReveniumTransport, ReveniumTransport
 
 METERED_METHODS = ("chat", "generate", "embed", "embeddings")
@@ -141,28 +146,12 @@ def _sync_method(original: Callable[..., Any]) -> Callable[..., Any]:
     def metered(
         self: Any, *args: Any, usage_metadata: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> Any:
-        # Runs on every call: the helpers are inlined on the common path.
-        last = last_sync_call
-        before = last.transaction
+        # The common path is exact_wrapper's; this one serves the rest.
         layer = None if usage_metadata is None else _layer(usage_metadata)
         if kwargs.get("stream"):
+            before = last_sync_call.transaction
             return _tagged_stream(original(self, *args, **kwargs), before, layer)
-        if layer is None:
-            result = original(self, *args, **kwargs)
-        else:
-            token = call_metadata.set(layer)
-            try:
-                result = original(self, *args, **kwargs)
-            finally:
-                call_metadata.reset(token)
-        after = last.transaction
-        if after is not before and after is not None:  # transaction_id_between(), inlined
-            transaction = after if after.__class__ is str else format_id(after)  # type: ignore[arg-type]
-            try:  # noqa: SIM105 - on every call: suppress() would cost a context manager
-                result.__dict__[TRANSACTION_ATTRIBUTE] = transaction  # as tag()
-            except (AttributeError, TypeError):
-                pass
-        return result
+        return call_tagged(lambda: original(self, *args, **kwargs), layer)
 
     return exact_wrapper(original, metered, asynchronous=False) or metered
 

@@ -264,21 +264,24 @@ def _has_header(headers: Any, lower_name: bytes) -> bool:
 
 
 def _content_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
-    """(Content-Type, Content-Encoding) of headers without ``_list`` (see ``_has_header``)."""
-    content_type, encoding = headers.get("content-type"), headers.get("content-encoding")
-    return (
-        None if content_type is None else content_type.encode("latin-1"),
-        None if encoding is None else encoding.encode("latin-1"),
-    )
-
-
-def _take_metadata_header(headers: Any) -> str:
-    """Takes the metadata header off a request, so that Ollama never sees it."""
-    header_metadata: str = headers[METADATA_HEADER]
-    del headers[METADATA_HEADER]
-    if strict():
-        check(header_layer(header_metadata))
-    return header_metadata
+    """(Content-Type, Content-Encoding) in one pass over the headers (see ``_has_header``);
+    an ``identity`` encoding is no encoding."""
+    triples = getattr(headers, "_list", None)
+    if triples is None:
+        content_type, encoding = headers.get("content-type"), headers.get("content-encoding")
+        return (
+            None if content_type is None else content_type.encode("latin-1"),
+            None if encoding is None else encoding.encode("latin-1"),
+        )
+    content_type = encoding = None
+    for _, name, value in triples:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-encoding":
+            encoding = value
+    if encoding is not None and encoding.strip().lower() == b"identity":
+        encoding = None
+    return content_type, encoding
 
 
 _Call = TypeVar("_Call", _SyncCall, _AsyncCall)
@@ -293,15 +296,11 @@ def _observe(request: Any, sink: Sink, call_type: type[_Call]) -> tuple[_Call | 
     try:
         headers = request.headers
         header_metadata: str | None = None
-        triples = getattr(headers, "_list", None)
-        if triples is None:
-            if _has_header(headers, _METADATA_HEADER_KEY):
-                header_metadata = _take_metadata_header(headers)
-        else:
-            for triple in triples:  # _has_header(), inlined
-                if triple[1] == _METADATA_HEADER_KEY:
-                    header_metadata = _take_metadata_header(headers)
-                    break
+        if _has_header(headers, _METADATA_HEADER_KEY):
+            header_metadata = headers[METADATA_HEADER]
+            del headers[METADATA_HEADER]
+            if strict():
+                check(header_layer(header_metadata))
         url = request.url
         route = route_for_url(request.method, url)
         if route is None or not _sink.metering_enabled:
@@ -354,27 +353,14 @@ def _openai_request(observation: CallObservation, request: Any, body: bytes | No
 
 def _tee(call: _SyncCall | _AsyncCall, response: Any) -> None:
     """Notes the response head and makes the call its body stream, around the one it had;
-    on any failure, leaves the response be. Runs on every call: helpers inlined."""
+    on any failure, leaves the response be."""
     try:
         call.mono_headers = perf_counter()
         call.status = status = response.status_code
-        headers = response.headers
-        triples = getattr(headers, "_list", None)
-        if triples is None:
-            content_type, encoding = _content_headers(headers)
-        else:
-            content_type = encoding = None
-            for _, name, value in triples:
-                if name == b"content-type":
-                    content_type = value
-                elif name == b"content-encoding":
-                    encoding = value
+        content_type, encoding = _content_headers(response.headers)
         call.content_type = content_type
         if encoding is not None:
-            if encoding.strip().lower() == b"identity":
-                encoding = None
-            else:
-                call.content_encoding = encoding
+            call.content_encoding = encoding
         feed: Feed | None = None
         body: list[bytes] | None = None
         stripper = None
@@ -469,7 +455,7 @@ class ReveniumTransport(_SyncBase):
         self._sink: Sink = sink if sink is not None else submit_default
 
     def handle_request(self, request: Any) -> Any:
-        family = _families.get(type(request)) or _family_of(request)
+        family = _family_of(request)
         observation, request = _observe(request, self._sink, family.sync_call)
         inner = self._given
         if inner is None:
@@ -501,7 +487,7 @@ class AsyncReveniumTransport(_AsyncBase):
         self._sink: Sink = sink if sink is not None else submit_default
 
     async def handle_async_request(self, request: Any) -> Any:
-        family = _families.get(type(request)) or _family_of(request)
+        family = _family_of(request)
         observation, request = _observe(request, self._sink, family.async_call)
         inner = self._given
         if inner is None:
