@@ -407,10 +407,7 @@ class Dispatcher:
         def done(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
             slot_freed.set()
-            with self._idle:
-                self._in_flight -= 1
-                if not self._in_flight and not self._queue:
-                    self._idle.notify_all()
+            self._out_of_hand(1)
             if self._stopping and not tasks:
                 self._set_wake()
 
@@ -648,6 +645,16 @@ class Dispatcher:
             self._warned.add(key)
             logger.log(level, message, *args)
 
+    def _out_of_hand(self, count: int) -> None:
+        """``count`` records taken from the queue are settled (or will be sent no more)."""
+        with self._idle:
+            self._in_flight -= count
+            if not self._in_flight and not self._queue:
+                # Every flush waiting is answered: the next wake-up lingers again, so that
+                # the calls after a flush pay for one wake-up a batch, not one a call.
+                self._urgent = False
+                self._idle.notify_all()
+
     def _take_batch(self) -> list[MeteringRecord]:
         records: list[MeteringRecord] = []
         queue = self._queue
@@ -660,9 +667,7 @@ class Dispatcher:
             observation = queue.popleft()
             record = self._record(observation, environment)
             if record is None:
-                with self._idle:
-                    self._in_flight -= 1
-                    self._idle.notify_all()
+                self._out_of_hand(1)
                 continue
             self._since[record.transaction_id] = observation.mono_end or time.perf_counter()
             records.append(record)
@@ -731,9 +736,7 @@ class Dispatcher:
     def _unsent(self, batch: _Batch, items: list[tuple[MeteringRecord, bytes]]) -> None:
         """Records of a batch that will not be sent from memory (the exit deadline passed,
         or memory is full of records waiting for a slot): they wait in the spool."""
-        with self._idle:
-            self._in_flight -= len(items)
-            self._idle.notify_all()
+        self._out_of_hand(len(items))
         for record, body in items:
             self._since.pop(record.transaction_id, None)
             if batch.claim is None:

@@ -467,6 +467,33 @@ def test_flush_returns_true_once_everything_is_delivered(
     assert metering.stats()["queued"] == 0
 
 
+def test_calls_after_a_flush_are_batched_again(
+    sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    # A flush asks the delivery thread not to linger; once it is answered, the next wake-up
+    # must linger again, or every call after a flush wakes the thread (and takes the GIL
+    # from the caller) on its own. A record is built only after the linger.
+    c = client(sim)
+    chat(c)
+    assert metering.flush(10.0) is True
+    built: list[float] = []
+
+    def listener(record: object) -> None:
+        built.append(time.perf_counter())
+
+    dispatcher.add_listener(listener)
+    try:
+        for _ in range(2):  # after the first flush, and after a second one
+            called = time.perf_counter()
+            chat(c)
+            # Not flush(): that would ask for no linger again.
+            wait_until(lambda: len(built) == 1, 10.0, "the record built")
+            assert built.pop() - called >= 0.015  # the linger is 0.02 s
+            assert metering.flush(10.0) is True
+    finally:
+        dispatcher.remove_listener(listener)
+
+
 def test_flush_returns_false_when_the_api_hangs(
     sim: OllamaSimulator, isolated: FakeMeteringAPI
 ) -> None:
