@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -102,8 +103,8 @@ SCENARIOS = [
 ]
 
 # Nothing a worker does may leave the machine; telemetry of the libraries themselves off.
+# A worker's hash seed is its replica's number (see worker_environment).
 WORKER_ENVIRONMENT = {
-    "PYTHONHASHSEED": "0",
     "TRACELOOP_TELEMETRY": "false",
     "DO_NOT_TRACK": "1",
     "ANONYMIZED_TELEMETRY": "false",
@@ -124,7 +125,7 @@ class Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            env=worker_environment(),
+            env=worker_environment(replica),
         )
         self.error: str | None = None
         self.notes: list[str] = []
@@ -172,10 +173,13 @@ class Worker:
         self._log.close()
 
 
-def worker_environment() -> dict[str, str]:
+def worker_environment(replica: int = 0) -> dict[str, str]:
+    """The environment of a contender's worker number ``replica``, whose hash seed is
+    its number: the seed lays out every dictionary and set of the process, and several
+    seeds keep one layout from being a contender's luck in every run."""
     # The user's own Revenium settings must not reach the workers: each sets its own.
     env = {k: v for k, v in os.environ.items() if not k.startswith("REVENIUM_")}
-    return env | WORKER_ENVIRONMENT
+    return env | WORKER_ENVIRONMENT | {"PYTHONHASHSEED": str(replica)}
 
 
 @dataclass
@@ -202,8 +206,12 @@ def run_scenarios(
             if "error" in answer:
                 results.errors[(worker.contender.name, scenario.name)] = answer["error"]
         for round_number in range(rounds):
-            turn = round_number % len(live)
-            for worker in live[turn:] + live[:turn]:
+            # A new order every round, shuffled rather than rotated: a rotation keeps every
+            # worker behind the same one, whose work leaves the shared caches warm or cold
+            # for it, round after round.
+            order = live[:]
+            random.Random(round_number).shuffle(order)
+            for worker in order:
                 key = (worker.contender.name, scenario.name)
                 if key in results.errors:
                     continue
@@ -462,8 +470,10 @@ def target_lines(results: Results, calls: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=30, help="rounds of every scenario")
-    parser.add_argument("--replicas", type=int, default=2, help="worker processes per contender")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of every scenario")
+    parser.add_argument(
+        "--replicas", type=int, default=3, help="worker processes per contender (hash seeds 0..)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="batches before timing")
     parser.add_argument("--import-runs", type=int, default=7)
     parser.add_argument("--memory-calls", type=int, default=100_000, help="0: skip")
@@ -512,8 +522,8 @@ def main() -> int:
         "mock of Ollama",
         *header,
         f"{args.rounds} rounds; in each, each of the {args.replicas} worker processes of every "
-        "contender makes one batch of calls, in an order rotating every round; figures over "
-        "every call of every round",
+        f"contender (hash seeds 0 to {args.replicas - 1}) makes one batch of calls, in an "
+        "order shuffled every round; figures over every call of every round",
         "median / p95: wall time per call, us; added / ratio: against the baseline's median; "
         "CPU: process CPU time per call, us, all threads, what the contender collected "
         "delivered or exported (flushed) included",
