@@ -193,7 +193,8 @@ class Dispatcher:
         self._wake: asyncio.Event | None = None
         self._asleep = False
         self._stopping = False
-        self._urgent = False
+        # flush() calls waiting: while there are any, the thread drains without lingering.
+        self._flushes_waiting = 0
         self._in_flight = 0
         self._settings = _config.Settings()
         self._settings_stale = True
@@ -291,17 +292,20 @@ class Dispatcher:
         """Waits until every record submitted so far is out of hand: delivered, refused,
         dropped, or in the spool for the replay."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._urgent = True
-        self._call_in_loop(self._set_wake)
         with self._idle:
-            while self._queue or self._in_flight:
-                if self._thread is None:
-                    return False
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._idle.wait(remaining if remaining is None else min(remaining, 0.5))
-        return True
+            self._flushes_waiting += 1
+            try:
+                self._call_in_loop(self._set_wake)
+                while self._queue or self._in_flight:
+                    if self._thread is None:
+                        return False
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._idle.wait(remaining if remaining is None else min(remaining, 0.5))
+                return True
+            finally:
+                self._flushes_waiting -= 1
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Delivers what it can within ``timeout``, then stops the thread."""
@@ -315,7 +319,6 @@ class Dispatcher:
         thread = self._thread
         self._stopping = True
         self._abandon = not delivered
-        self._urgent = True
         self._call_in_loop(self._set_wake)
         if thread is not None and thread is not threading.current_thread():
             thread.join(2.0)
@@ -340,6 +343,7 @@ class Dispatcher:
         self._wake = None
         self._asleep = False
         self._in_flight = 0
+        self._flushes_waiting = 0  # the parent's, waiting in threads the child has not
         self._settings_stale = True
         self._spool = None  # the child opens its own, with its own lock
         self._spool_key = None
@@ -491,11 +495,10 @@ class Dispatcher:
                     continue
                 with self._idle:
                     if not self._in_flight:
-                        self._urgent = False
                         self._idle.notify_all()
                 await self._wake.wait()
                 self._asleep = False
-                if not self._urgent:
+                if not self._flushes_waiting and not self._stopping:
                     await asyncio.sleep(_LINGER)
         finally:
             replaying = self._replaying
@@ -650,9 +653,6 @@ class Dispatcher:
         with self._idle:
             self._in_flight -= count
             if not self._in_flight and not self._queue:
-                # Every flush waiting is answered: the next wake-up lingers again, so that
-                # the calls after a flush pay for one wake-up a batch, not one a call.
-                self._urgent = False
                 self._idle.notify_all()
 
     def _take_batch(self) -> list[MeteringRecord]:
