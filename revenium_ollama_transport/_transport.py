@@ -35,7 +35,7 @@ from ._sink import _default as _default_sink
 from ._sink import submit_default
 from ._stats import counters, internal_failure
 from ._wire._openai_request import rewrite
-from ._wire._usage_strip import UsageStripper
+from ._wire._usage_strip import UsageStripper, is_whole_choices_event
 
 METADATA_HEADER = "x-revenium-metadata"
 _METADATA_HEADER_KEY = METADATA_HEADER.encode()
@@ -133,14 +133,43 @@ class _SyncCall(CallObservation):
 
     def _stripped(self, feed: Feed, stripper: UsageStripper) -> Iterator[bytes]:
         """The chunks less the usage event the caller did not ask for."""
+        inner = iter(self.inner)
         try:
-            for chunk in self.inner:
+            for chunk in inner:  # until the first token: every read shown to the parser
                 try:
-                    if feed(chunk):
-                        feed = self.first_token()
+                    first = feed(chunk)
                 except Exception:
                     _feed_failed(self)
-                    feed = ignore_bytes
+                    feed, first = ignore_bytes, False
+                if first:
+                    self.first_token()
+                passed = stripper.feed(chunk)
+                if passed:
+                    yield passed
+                if first:
+                    break
+            else:
+                if tail := stripper.finish():
+                    yield tail
+                _end(self, ENDED_EOF)
+                return
+            # After it, every read is kept for the delivery thread to parse, as in
+            # __iter__; a read that is one whole chunk with choices (most of them) is
+            # passed on here, without a call to the stripper.
+            body: list[bytes] = self.body  # type: ignore[assignment]  # the parser's reads
+            keep: Feed = body.append
+            for chunk in inner:
+                keep(chunk)
+                if len(body) >= KEEP_LIMIT:
+                    try:
+                        self.digest()  # bounds what a long stream holds
+                    except Exception:
+                        _feed_failed(self)
+                        body.clear()
+                        keep = ignore_bytes
+                if stripper.idle and is_whole_choices_event(chunk) is not None:
+                    yield chunk
+                    continue
                 passed = stripper.feed(chunk)
                 if passed:
                     yield passed

@@ -195,6 +195,40 @@ def test_sse_stream_that_asked_for_usage_passes_chunk_for_chunk() -> None:
         assert record["inputTokenCount"] == 5
 
 
+def _sse_chunk(delta: bytes, finish: bytes = b"null") -> bytes:
+    return (
+        b'data: {"id":"chatcmpl-7","object":"chat.completion.chunk","created":1,"model":"m",'
+        b'"system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":' + delta + b","
+        b'"finish_reason":' + finish + b"}]}\n\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "after_first", [0, 1, KEEP_LIMIT - 2, KEEP_LIMIT - 1, KEEP_LIMIT, 2 * KEEP_LIMIT + 3]
+)
+def test_sse_usage_taken_out_at_every_length_around_the_digest(after_first: int) -> None:
+    # After the first token, whole chunk reads pass without the stripper and are kept
+    # KEEP_LIMIT at a time: however long the stream, the caller gets every chunk as it
+    # came but the usage event, and the record counts every one.
+    first = _sse_chunk(b'{"role":"assistant","content":"t"}')
+    tokens = [_sse_chunk(b'{"content":" t%d"}' % i) for i in range(after_first)]
+    usage = USAGE_SSE.replace(
+        b'"completion_tokens":2', b'"completion_tokens":%d' % (len(tokens) + 1)
+    )
+    served = [first, *tokens, _sse_chunk(b"{}", b'"stop"'), usage, DONE_SSE]
+    sink = RecordingSink()
+    transport = ReveniumTransport(mock_for(served, "text/event-stream"), sink=sink)
+    body = {"model": "m", "messages": [], "stream": True}
+    with httpx.Client(transport=transport, base_url="http://ollama.test") as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert list(response.iter_raw()) == [c for c in served if c is not usage]
+    [observation] = sink.observations
+    assert observation.body is not None and len(observation.body) <= KEEP_LIMIT
+    [record] = sink.stable_wires()
+    assert record["stopReason"] == "END"
+    assert (record["inputTokenCount"], record["outputTokenCount"]) == (5, len(tokens) + 1)
+
+
 def test_a_server_that_sends_no_usage_is_recorded_with_zero_tokens_and_counted() -> None:
     from revenium_ollama_transport._stats import counters
 

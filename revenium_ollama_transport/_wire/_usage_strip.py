@@ -9,12 +9,20 @@ event by event (a read that ends inside an event is held until the event is whol
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from ._openai import is_usage_only_chunk
 from ._sse import SSEEvent, SSESplitter
 
 _USAGE_KEY = b'"usage"'
+
+# A read that is one whole event the way Ollama writes a chat or completions chunk: "data: ",
+# JSON that ends with its choices (Go writes "usage" after them, when there is one), the
+# blank line, and nothing else. It needs no change: it is neither the usage-only chunk nor
+# one that carries usage. Most reads of a stream are such, and one C call tells them.
+is_whole_choices_event = re.compile(rb"data: [^\n]*\}\]\}\n\n").fullmatch
 
 
 def _without_usage(event: SSEEvent) -> bytes:
@@ -29,36 +37,25 @@ def _without_usage(event: SSEEvent) -> bytes:
 
 
 class UsageStripper:
-    __slots__ = ("_every_chunk", "_lf_is_dropped", "_splitter", "_whole")
+    __slots__ = ("_every_chunk", "_lf_is_dropped", "_splitter", "idle")
 
     def __init__(self, kind: str) -> None:
         self._splitter = SSESplitter()
         self._every_chunk = kind == "completion"
         # A dropped event ended with a CR: a LF opening the next raw completes its CRLF.
         self._lf_is_dropped = False
-        self._whole = True  # nothing held back: a read may pass without the splitter
+        # Nothing held back: a read for which is_whole_choices_event() holds passes as it
+        # is, without the splitter (the transport checks both itself, to save a call).
+        self.idle = True
 
-    def feed(
-        self,
-        data: bytes,
-        _prefix: bytes = b"data: ",
-        _tail: bytes = b"}]}\n\n",
-        _newline: bytes = b"\n",
-    ) -> bytes:
+    def feed(self, data: bytes) -> bytes:
         """The bytes the caller gets for this read (possibly none yet)."""
-        # The common case, as Ollama sends it: one whole event per read, and a chunk that
-        # ends with its choices (Go writes "usage" after them, when there is one).
-        if (
-            self._whole
-            and data.startswith(_prefix)
-            and data.endswith(_tail)
-            and data.find(_newline) == len(data) - 2
-        ):
-            return data
+        if self.idle and is_whole_choices_event(data) is not None:
+            return data  # the common case, as Ollama sends it
         events = self._splitter.feed(data)
-        self._whole = self._splitter.at_boundary and not self._lf_is_dropped
+        self.idle = self._splitter.at_boundary and not self._lf_is_dropped
         kept = b"".join(self._keep(event.raw, event) for event in events)
-        self._whole = self._splitter.at_boundary and not self._lf_is_dropped
+        self.idle = self._splitter.at_boundary and not self._lf_is_dropped
         return kept
 
     def finish(self) -> bytes:
