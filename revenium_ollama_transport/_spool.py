@@ -66,6 +66,7 @@ SIZE_CHECK_SECONDS = 1.0
 _SUFFIX = SUFFIX
 _CLAIMED = ".claimed-"
 _TMP = ".tmp-"
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 _LOCKS = "locks"
 
 
@@ -87,7 +88,8 @@ class Claim:
 
 def _line(record: SpooledRecord) -> bytes:
     body = record.body
-    if b"\n" in body or b"\r" in body:  # pretty-printed: one line per record, so re-encode
+    # find, not "in": bytes' "in" first tries its operand as an int, and raises.
+    if body.find(b"\n") >= 0 or body.find(b"\r") >= 0:  # pretty-printed: re-encoded
         body = orjson.dumps(orjson.loads(body))
     return b'{"id":' + orjson.dumps(record.transaction_id) + b',"body":' + body + b"}\n"
 
@@ -127,6 +129,9 @@ class Spool:
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
+        # Joined as text on the write path, which runs once a batch: Path's "/" costs more
+        # than the system calls around it.
+        self._prefix = os.path.join(directory, "")
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._seq = 0
@@ -301,13 +306,17 @@ class Spool:
 
     # --- files --------------------------------------------------------------------------
 
-    def _write_tmp(self, owner: str, data: bytes) -> Path:
+    def _write_tmp(self, owner: str, data: bytes) -> str:
         self._seq += 1
-        path = self.directory / f"{_TMP}{owner}-{self._seq}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        path = f"{self._prefix}{_TMP}{owner}-{self._seq}"
+        fd = os.open(path, _CREATE, 0o600)
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
+            try:
+                written = 0
+                while written < len(data):  # a short write (a full disk, a signal) goes on
+                    written += os.write(fd, data[written:])
+            finally:
+                os.close(fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -386,7 +395,7 @@ class Spool:
                 owner = self._ensure_owner()
                 tmp = self._write_tmp(owner, data)
                 name = f"{time.time_ns():020d}-{owner}-{self._seq:06d}{_SUFFIX}"
-                path = self.directory / (f"{name}{_CLAIMED}{owner}" if claimed else name)
+                path = f"{self._prefix}{name}{_CLAIMED}{owner}" if claimed else self._prefix + name
                 try:
                     os.rename(tmp, path)
                 except OSError:
@@ -397,7 +406,7 @@ class Spool:
                 self._warn_io("write", exc)
                 return None, -1
             self._failing = False
-            claim = Claim(list(records), path, name, owner) if claimed else None
+            claim = Claim(list(records), Path(path), name, owner) if claimed else None
             return claim, self._enforce_bound(len(data))
 
     def _enforce_bound(self, written: int) -> int:
