@@ -86,6 +86,22 @@ class Claim:
     _owner: str = field(repr=False)
 
 
+def _create(path: str, data: bytes) -> None:
+    """Writes ``data`` to a new file at ``path``, or raises with no file left there."""
+    fd = os.open(path, _CREATE, 0o600)
+    try:
+        try:
+            written = 0
+            while written < len(data):  # a short write (a full disk, a signal) goes on
+                written += os.write(fd, data[written:])
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
 def _line(record: SpooledRecord) -> bytes:
     body = record.body
     # find, not "in": bytes' "in" first tries its operand as an int, and raises.
@@ -309,18 +325,7 @@ class Spool:
     def _write_tmp(self, owner: str, data: bytes) -> str:
         self._seq += 1
         path = f"{self._prefix}{_TMP}{owner}-{self._seq}"
-        fd = os.open(path, _CREATE, 0o600)
-        try:
-            try:
-                written = 0
-                while written < len(data):  # a short write (a full disk, a signal) goes on
-                    written += os.write(fd, data[written:])
-            finally:
-                os.close(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
+        _create(path, data)
         return path
 
     def _warn_io(self, action: str, exc: OSError) -> None:
@@ -393,15 +398,25 @@ class Spool:
         with self._lock:
             try:
                 owner = self._ensure_owner()
-                tmp = self._write_tmp(owner, data)
+                self._seq += 1
                 name = f"{time.time_ns():020d}-{owner}-{self._seq:06d}{_SUFFIX}"
-                path = f"{self._prefix}{name}{_CLAIMED}{owner}" if claimed else self._prefix + name
-                try:
-                    os.rename(tmp, path)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
+                if claimed:
+                    # No other process reads a live process's claimed file, so it is
+                    # written under its name, not renamed to it: one system call less a
+                    # batch. A write cut short by a SIGKILL leaves a last line that the
+                    # replay counts as corrupt (a temporary file would be lost uncounted).
+                    path = f"{self._prefix}{name}{_CLAIMED}{owner}"
+                    _create(path, data)
+                else:
+                    # Waiting files are anyone's to claim: each appears whole, by a rename.
+                    path = self._prefix + name
+                    tmp = self._write_tmp(owner, data)
+                    try:
+                        os.rename(tmp, path)
+                    except OSError:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp)
+                        raise
             except OSError as exc:
                 self._warn_io("write", exc)
                 return None, -1

@@ -365,6 +365,40 @@ def test_claims_of_a_dead_process_are_reclaimed(tmp_path: Path, death: str) -> N
 
 
 @posix_only
+def test_a_write_ahead_cut_short_by_death_keeps_its_whole_lines_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    # A batch written ahead goes straight to its claimed name: if the process dies in the
+    # middle of the write, the whole lines are delivered later and the cut one counted.
+    spool = open_spool(tmp_path)
+    corrupt = counters.get("dropped.spool_corrupt")
+    written_r, written_w = os.pipe()
+
+    def child() -> int:
+        mine = open_spool(tmp_path)
+        claim, _ = mine.put_claimed([rec(0), rec(1)])
+        assert claim is not None and claim.path.name.partition(".claimed-")[2]
+        data = claim.path.read_bytes()
+        claim.path.write_bytes(data[: len(data) - 5])  # as a write stopped part way
+        os.write(written_w, b"w")
+        os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    pid = fork(child)
+    try:
+        assert os.read(written_r, 1) == b"w"
+        assert exit_code(pid) == -signal.SIGKILL
+    finally:
+        reap([pid])
+    os.close(written_r)
+    os.close(written_w)
+    claims = spool.claim(100)
+    assert ids(claims) == ["tx-0"]
+    assert counters.get("dropped.spool_corrupt") - corrupt == 1
+    assert not any(tmp_path.glob(".tmp-*"))  # nothing was written under another name
+
+
+@posix_only
 def test_forked_child_does_not_take_its_live_parents_claims(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     for i in range(4):
