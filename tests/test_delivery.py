@@ -19,7 +19,7 @@ import textwrap
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from revenium_ollama_transport import ReveniumTransport, _config, usage_metadata
 from revenium_ollama_transport._delivery import dispatcher, parse_retry_after
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, ReceivedMetering
 
+from ._polling import wait_until
 from ._processes import run_python
 from .conftest import API_KEY
 
@@ -57,15 +58,6 @@ def chat(c: ollama.Client, model: str = MODEL) -> None:
 
 def stat(name: str) -> int:
     return int(metering.stats().get(name, 0))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Polls ``condition`` until it holds; fails with ``what`` and the counters at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}; stats={metering.stats()}")
-        time.sleep(0.01)
 
 
 def wait_records(api: FakeMeteringAPI, n: int, timeout: float) -> list[dict[str, Any]]:

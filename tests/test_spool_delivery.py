@@ -7,9 +7,8 @@ import contextlib
 import os
 import signal
 import textwrap
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from revenium_ollama_transport._spool import Spool, SpooledRecord
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator
 
 from ._caller import stored_ids
+from ._polling import wait_until
 from ._processes import run_python
 from .conftest import API_KEY
 
@@ -41,15 +41,6 @@ CHILD = textwrap.dedent(
     print(metering.stats(), flush=True)
     """
 )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Polls a condition (the delivery thread's counters have no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout}s: {what}; stats={metering.stats()}")
-        time.sleep(0.01)
 
 
 @contextlib.contextmanager
