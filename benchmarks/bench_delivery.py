@@ -13,8 +13,13 @@ API, running in another process and answering each request after ``--latency`` s
    of the GIL while it delivers (and, with the spool on, writes ahead) their records, which
    at this pace it does all through the round; each round's records are delivered before
    the next round, untimed, so that the baseline runs beside no delivery.
+3. Records that come alone: ``--lone`` calls, each followed by a pause longer than the
+   delivery thread's linger, as calls seconds apart are; the delivery thread's own CPU
+   time per record (its clock, read with ``pthread_getcpuclockid``), which then pays every
+   cost of a batch (its spool file, its wake-up, the loop's turns) for one record.
 
     python benchmarks/bench_delivery.py [--records N] [--latency S] [--rounds N] [--calls N]
+                                        [--lone N]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,12 +93,30 @@ def caller_cost(
     return statistics.median(per_call["baseline"]), statistics.median(per_call["metered"])
 
 
+def lone_record_cpu(call: Callable[[], object], count: int) -> float | None:
+    """Microseconds of the delivery thread's CPU per record when each record is a batch of
+    its own; None where a thread's CPU clock cannot be read."""
+    call()  # the thread running, and its first wake-up out of the count
+    assert metering.flush(300.0), "records still undelivered after 300 s"
+    thread = next((t for t in threading.enumerate() if t.name == "revenium-metering"), None)
+    if thread is None or thread.ident is None or not hasattr(time, "pthread_getcpuclockid"):
+        return None
+    clock = time.pthread_getcpuclockid(thread.ident)
+    started = time.clock_gettime(clock)
+    for _ in range(count):
+        call()
+        time.sleep(0.05)  # the workload: longer than the 20 ms linger, so one record a batch
+    assert metering.flush(300.0), "records still undelivered after 300 s"
+    return (time.clock_gettime(clock) - started) / count * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--latency", type=float, default=0.020)
     parser.add_argument("--rounds", type=int, default=40, help="rounds of the caller-side cost")
     parser.add_argument("--calls", type=int, default=250, help="calls per round and client")
+    parser.add_argument("--lone", type=int, default=200, help="calls whose records go alone")
     args = parser.parse_args()
 
     mock = mock_transport()
@@ -110,6 +134,7 @@ def main() -> int:
 
     api = MeteringAPIProcess(args.latency)
     results: dict[str, tuple[Throughput, float, float]] = {}
+    lone: dict[str, float | None] = {}
     try:
         # A queue deep enough that no record is dropped while the calls outpace delivery.
         metering.configure(api_key="hak_bench", base_url=api.url, queue_size=1_000_000)
@@ -121,6 +146,7 @@ def main() -> int:
                 base, cost = caller_cost(baseline, metered, args.rounds, args.calls)
                 assert metering.flush(300.0), "records still undelivered after 300 s"
                 results[spool] = (flow, base, cost)
+                lone[spool] = lone_record_cpu(metered, args.lone)
     finally:
         api.close()
 
@@ -142,6 +168,12 @@ def main() -> int:
     print(f"{'spool':<6} {'baseline':>9} {'metered':>9} {'added':>8}")
     for spool, (_, base, cost) in results.items():
         print(f"{spool:<6} {base:9.1f} {cost:9.1f} {cost - base:+8.1f}")
+    print(
+        f"\nrecords that come alone ({args.lone} calls, 50 ms apart), the delivery thread's "
+        "CPU per record, microseconds:"
+    )
+    for spool, cpu in lone.items():
+        print(f"spool {spool:<4} {'n/a' if cpu is None else f'{cpu:.0f}'}")
     stored_all = all(flow.stored == args.records for flow, _, _ in results.values())
     return 0 if stored_all else 1
 

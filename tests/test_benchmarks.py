@@ -60,3 +60,29 @@ def test_the_instruction_counts_worker_runs_each_mode() -> None:
             check=False,
         )
         assert done.returncode == 0, (mode, done.stderr[-2000:])
+
+
+def test_the_delivery_benchmark_stores_every_record_and_prints_each_figure() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVENIUM_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_delivery.py"),
+            "--records=200",
+            "--rounds=2",
+            "--calls=10",
+            "--lone=5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=BENCHMARKS,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]  # 1: a record was not stored
+    lines = done.stdout.splitlines()
+    lone = lines[lines.index(next(line for line in lines if line.startswith("records that"))) :]
+    # Both spool settings measured, as a number of microseconds (a Linux thread clock here).
+    assert [line.split()[1] for line in lone[1:]] == ["off", "on"], done.stdout
+    assert all(line.split()[2].isdigit() for line in lone[1:]), done.stdout
