@@ -14,25 +14,29 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_compare_prints_a_table_with_our_records_checked() -> None:
+def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """A script of benchmarks/ run as a user runs it: without this suite's REVENIUM_ settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REVENIUM_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "compare.py"),
-            "--only=null-transport,ours-installed,ours-transport",
-            "--scenarios=chat_small,chat_stream,embed",
-            "--rounds=2",
-            "--warmup=1",
-            "--replicas=1",
-            "--import-runs=1",
-            "--memory-calls=1500",
-        ],
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=timeout,
         check=False,
+    )
+
+
+def test_compare_prints_a_table_with_our_records_checked() -> None:
+    done = run_script(
+        "compare.py",
+        "--only=null-transport,ours-installed,ours-transport",
+        "--scenarios=chat_small,chat_stream,embed",
+        "--rounds=2",
+        "--warmup=1",
+        "--replicas=1",
+        "--import-runs=1",
+        "--memory-calls=1500",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     table = done.stdout
@@ -49,40 +53,17 @@ def test_compare_prints_a_table_with_our_records_checked() -> None:
 def test_the_instruction_counts_worker_runs_each_mode() -> None:
     # What count_instructions.py runs under valgrind (which CI lacks), run here without it:
     # every mode completes, and the delivery mode checks that each record was stored.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REVENIUM_")}
     for mode in ("plain", "transport", "installed", "delivery"):
-        done = subprocess.run(
-            [sys.executable, str(BENCHMARKS / "_instructions_worker.py"), mode, "20"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
-        )
+        done = run_script("_instructions_worker.py", mode, "20", timeout=120)
         assert done.returncode == 0, (mode, done.stderr[-2000:])
 
 
 def test_the_delivery_benchmark_stores_every_record_and_prints_each_figure() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REVENIUM_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "bench_delivery.py"),
-            "--records=200",
-            "--rounds=2",
-            "--calls=10",
-            "--lone=5",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=BENCHMARKS,
-        timeout=300,
-        check=False,
-    )
+    done = run_script("bench_delivery.py", "--records=200", "--rounds=2", "--calls=10", "--lone=5")
     assert done.returncode == 0, done.stderr[-2000:]  # 1: a record was not stored
     lines = done.stdout.splitlines()
-    lone = lines[lines.index(next(line for line in lines if line.startswith("records that"))) :]
-    # Both spool settings measured, as a number of microseconds (a Linux thread clock here).
-    assert [line.split()[1] for line in lone[1:]] == ["off", "on"], done.stdout
-    assert all(line.split()[2].isdigit() for line in lone[1:]), done.stdout
+    heading = next(i for i, line in enumerate(lines) if line.startswith("records that come"))
+    lone = [line.split() for line in lines[heading + 1 :]]
+    # Both spool settings measured, in microseconds (a Linux thread's CPU clock here).
+    assert [row[1] for row in lone] == ["off", "on"], done.stdout
+    assert all(row[2].isdigit() for row in lone), done.stdout
