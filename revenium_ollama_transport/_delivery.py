@@ -33,6 +33,7 @@ from tenacity import (
 from . import _config, _ids, _ledger, _metadata
 from ._config import DeliveryError
 from ._http import Reply, Sender, SendError, sender_for
+from ._linger_timer import LingerTimer
 from ._log import secret_filter
 from ._observation import CallObservation
 from ._record import MeteringRecord, build_record
@@ -192,6 +193,10 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._asleep = False
+        # Where the kernel can time it (Linux), the first record of a burst arms a timer
+        # that wakes the thread when its linger is over, instead of waking it at once.
+        self._timer: LingerTimer | None = None
+        self._linger_done = False  # the timer woke the thread: its linger is over already
         self._stopping = False
         # flush() calls waiting: while there are any, the thread drains without lingering.
         self._flushes_waiting = 0
@@ -230,7 +235,11 @@ class Dispatcher:
             self._start()
         elif self._asleep:
             self._asleep = False
-            self._call_in_loop(self._set_wake)
+            timer = self._timer
+            if timer is None:
+                self._call_in_loop(self._set_wake)
+            else:
+                timer.arm()
 
     def _overflow(self) -> None:
         counters.add("dropped.queue_full")
@@ -242,6 +251,12 @@ class Dispatcher:
                 self._settings.queue_size,
                 counters.get("dropped.queue_full"),
             )
+
+    def _linger_over(self, timer: LingerTimer) -> None:
+        timer.clear()
+        self._linger_done = True
+        if self._wake is not None:
+            self._wake.set()
 
     def _set_wake(self) -> None:
         if self._wake is not None:
@@ -342,6 +357,10 @@ class Dispatcher:
         self._loop = None
         self._wake = None
         self._asleep = False
+        if self._timer is not None:
+            self._timer.close()  # the child's copy: armed here, it would wake the parent
+            self._timer = None
+        self._linger_done = False
         self._in_flight = 0
         self._flushes_waiting = 0  # the parent's, waiting in threads the child has not
         self._settings_stale = True
@@ -419,6 +438,10 @@ class Dispatcher:
         self._senders = senders
         self._start_replay(senders)
         loop = asyncio.get_running_loop()
+        linger_timer = LingerTimer.create(_LINGER)
+        if linger_timer is not None:
+            loop.add_reader(linger_timer.fd, self._linger_over, linger_timer)
+            self._timer = linger_timer
         # Batches written ahead while every delivery slot was taken, waiting for slots; and
         # how many records they hold (at most about queue_size: they are in memory too).
         written: deque[_Batch] = deque()
@@ -496,11 +519,16 @@ class Dispatcher:
                 with self._idle:
                     if not self._in_flight:
                         self._idle.notify_all()
+                self._linger_done = False
                 await self._wake.wait()
                 self._asleep = False
-                if not self._flushes_waiting and not self._stopping:
+                if not self._linger_done and not self._flushes_waiting and not self._stopping:
                     await asyncio.sleep(_LINGER)
         finally:
+            if linger_timer is not None:
+                self._timer = None  # submit() wakes the loop itself from now on
+                loop.remove_reader(linger_timer.fd)
+                linger_timer.close()
             replaying = self._replaying
             if replaying is not None:
                 replaying.cancel()

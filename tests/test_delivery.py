@@ -30,6 +30,7 @@ import pytest
 import revenium_ollama_transport as metering
 from revenium_ollama_transport import ReveniumTransport, _config, usage_metadata
 from revenium_ollama_transport._delivery import dispatcher, parse_retry_after
+from revenium_ollama_transport._linger_timer import LingerTimer
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, ReceivedMetering
 
 from ._polling import wait_until
@@ -484,6 +485,67 @@ def test_calls_after_a_flush_are_batched_again(
             assert metering.flush(10.0) is True
     finally:
         dispatcher.remove_listener(listener)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+def test_the_first_call_of_a_burst_arms_a_timer_instead_of_waking_the_thread(
+    sim: OllamaSimulator, metered: FakeMeteringAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The thread is woken once, when the linger is over: not at once only to start it.
+    c = client(sim)
+    chat(c)
+    assert metering.flush(10.0) is True
+    wakes: list[float] = []
+    set_wake = dispatcher._set_wake
+
+    def counted_wake() -> None:
+        wakes.append(time.perf_counter())
+        set_wake()
+
+    monkeypatch.setattr(dispatcher, "_set_wake", counted_wake)
+    built: list[float] = []
+
+    def listener(record: object) -> None:
+        built.append(time.perf_counter())
+
+    dispatcher.add_listener(listener)
+    try:
+        called = time.perf_counter()
+        for _ in range(3):
+            chat(c)
+        wait_until(lambda: len(built) == 3, 10.0, "the records built")
+        assert wakes == []
+        assert min(built) - called >= 0.015  # the linger (0.02 s) still applies
+    finally:
+        dispatcher.remove_listener(listener)
+    assert metering.flush(10.0) is True
+    assert len(metered.records) == 4
+
+
+def test_without_a_kernel_timer_the_thread_is_woken_at_once_and_still_lingers(
+    sim: OllamaSimulator, isolated: FakeMeteringAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LingerTimer, "create", staticmethod(lambda seconds: None))
+    assert metering.shutdown(5.0) is True  # the next call starts a thread without one
+    c = client(sim)
+    chat(c)
+    assert metering.flush(10.0) is True
+    assert dispatcher._timer is None
+    built: list[float] = []
+
+    def listener(record: object) -> None:
+        built.append(time.perf_counter())
+
+    dispatcher.add_listener(listener)
+    try:
+        called = time.perf_counter()
+        chat(c)
+        wait_until(lambda: len(built) == 1, 10.0, "the record built")
+        assert built[0] - called >= 0.015
+    finally:
+        dispatcher.remove_listener(listener)
+    assert metering.flush(10.0) is True
+    assert len(isolated.records) == 2
 
 
 def test_flush_returns_false_when_the_api_hangs(
