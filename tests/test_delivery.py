@@ -8,6 +8,7 @@ with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import os
@@ -59,6 +60,21 @@ def chat(c: ollama.Client, model: str = MODEL) -> None:
 
 def stat(name: str) -> int:
     return int(metering.stats().get(name, 0))
+
+
+@contextlib.contextmanager
+def build_times() -> Iterator[list[float]]:
+    """When each record is built (``time.perf_counter()``), while the block runs."""
+    built: list[float] = []
+
+    def listener(record: object) -> None:
+        built.append(time.perf_counter())
+
+    dispatcher.add_listener(listener)
+    try:
+        yield built
+    finally:
+        dispatcher.remove_listener(listener)
 
 
 def wait_records(api: FakeMeteringAPI, n: int, timeout: float) -> list[dict[str, Any]]:
@@ -469,13 +485,7 @@ def test_calls_after_a_flush_are_batched_again(
     c = client(sim)
     chat(c)
     assert metering.flush(10.0) is True
-    built: list[float] = []
-
-    def listener(record: object) -> None:
-        built.append(time.perf_counter())
-
-    dispatcher.add_listener(listener)
-    try:
+    with build_times() as built:
         for _ in range(2):  # after the first flush, and after a second one
             called = time.perf_counter()
             chat(c)
@@ -483,8 +493,6 @@ def test_calls_after_a_flush_are_batched_again(
             wait_until(lambda: len(built) == 1, 10.0, "the record built")
             assert built.pop() - called >= 0.015  # the linger is 0.02 s
             assert metering.flush(10.0) is True
-    finally:
-        dispatcher.remove_listener(listener)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
@@ -503,21 +511,13 @@ def test_the_first_call_of_a_burst_arms_a_timer_instead_of_waking_the_thread(
         set_wake()
 
     monkeypatch.setattr(dispatcher, "_set_wake", counted_wake)
-    built: list[float] = []
-
-    def listener(record: object) -> None:
-        built.append(time.perf_counter())
-
-    dispatcher.add_listener(listener)
-    try:
+    with build_times() as built:
         called = time.perf_counter()
         for _ in range(3):
             chat(c)
         wait_until(lambda: len(built) == 3, 10.0, "the records built")
         assert wakes == []
         assert min(built) - called >= 0.015  # the linger (0.02 s) still applies
-    finally:
-        dispatcher.remove_listener(listener)
     assert metering.flush(10.0) is True
     assert len(metered.records) == 4
 
@@ -531,19 +531,11 @@ def test_without_a_kernel_timer_the_thread_is_woken_at_once_and_still_lingers(
     chat(c)
     assert metering.flush(10.0) is True
     assert dispatcher._timer is None
-    built: list[float] = []
-
-    def listener(record: object) -> None:
-        built.append(time.perf_counter())
-
-    dispatcher.add_listener(listener)
-    try:
+    with build_times() as built:
         called = time.perf_counter()
         chat(c)
         wait_until(lambda: len(built) == 1, 10.0, "the record built")
         assert built[0] - called >= 0.015
-    finally:
-        dispatcher.remove_listener(listener)
     assert metering.flush(10.0) is True
     assert len(isolated.records) == 2
 
