@@ -41,6 +41,7 @@ from _ollama_mock import SMALL, mock_transport
 from bench_transport import Methods
 
 import revenium_ollama_transport as metering
+from revenium_ollama_transport._delivery import THREAD_NAME
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def lone_record_cpu(call: Callable[[], object], count: int) -> float | None:
     its own; None where a thread's CPU clock cannot be read."""
     call()  # the thread running, and its first wake-up out of the count
     assert metering.flush(300.0), "records still undelivered after 300 s"
-    thread = next((t for t in threading.enumerate() if t.name == "revenium-metering"), None)
+    thread = next((t for t in threading.enumerate() if t.name == THREAD_NAME), None)
     if thread is None or thread.ident is None or not hasattr(time, "pthread_getcpuclockid"):
         return None
     clock = time.pthread_getcpuclockid(thread.ident)

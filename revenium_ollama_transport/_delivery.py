@@ -46,6 +46,7 @@ logger = logging.getLogger("revenium_ollama_transport")
 # Once woken, the thread waits this long before draining, so that a busy caller pays for
 # one wake-up per batch, not one per call.
 _LINGER = 0.02
+THREAD_NAME = "revenium-metering"  # the delivery thread's
 
 RecordListener = Callable[[MeteringRecord], None]
 
@@ -278,7 +279,7 @@ class Dispatcher:
                 return
             self._stopping = False
             # Not waited for: the thread drains whatever is queued when it gets going.
-            thread = threading.Thread(target=self._run, name="revenium-metering", daemon=True)
+            thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
             self._thread = thread
             thread.start()
 

@@ -8,7 +8,6 @@ with a deadline.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import logging
 import os
@@ -62,9 +61,9 @@ def stat(name: str) -> int:
     return int(metering.stats().get(name, 0))
 
 
-@contextlib.contextmanager
-def build_times() -> Iterator[list[float]]:
-    """When each record is built (``time.perf_counter()``), while the block runs."""
+def linger_of(c: ollama.Client, calls: int = 1) -> float:
+    """Seconds from a burst of ``calls`` chats to the first of their records being built:
+    the delivery thread's linger (records are built only after it)."""
     built: list[float] = []
 
     def listener(record: object) -> None:
@@ -72,9 +71,13 @@ def build_times() -> Iterator[list[float]]:
 
     dispatcher.add_listener(listener)
     try:
-        yield built
+        called = time.perf_counter()
+        for _ in range(calls):
+            chat(c)
+        wait_until(lambda: len(built) == calls, 10.0, "the records built")
     finally:
         dispatcher.remove_listener(listener)
+    return min(built) - called
 
 
 def wait_records(api: FakeMeteringAPI, n: int, timeout: float) -> list[dict[str, Any]]:
@@ -485,14 +488,10 @@ def test_calls_after_a_flush_are_batched_again(
     c = client(sim)
     chat(c)
     assert metering.flush(10.0) is True
-    with build_times() as built:
-        for _ in range(2):  # after the first flush, and after a second one
-            called = time.perf_counter()
-            chat(c)
-            # Not flush(): that would ask for no linger again.
-            wait_until(lambda: len(built) == 1, 10.0, "the record built")
-            assert built.pop() - called >= 0.015  # the linger is 0.02 s
-            assert metering.flush(10.0) is True
+    for _ in range(2):  # after the first flush, and after a second one
+        # Not flush() before the record is built: that would ask for no linger again.
+        assert linger_of(c) >= 0.015  # the linger is 0.02 s
+        assert metering.flush(10.0) is True
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
@@ -511,13 +510,8 @@ def test_the_first_call_of_a_burst_arms_a_timer_instead_of_waking_the_thread(
         set_wake()
 
     monkeypatch.setattr(dispatcher, "_set_wake", counted_wake)
-    with build_times() as built:
-        called = time.perf_counter()
-        for _ in range(3):
-            chat(c)
-        wait_until(lambda: len(built) == 3, 10.0, "the records built")
-        assert wakes == []
-        assert min(built) - called >= 0.015  # the linger (0.02 s) still applies
+    assert linger_of(c, calls=3) >= 0.015  # the linger (0.02 s) still applies
+    assert wakes == []
     assert metering.flush(10.0) is True
     assert len(metered.records) == 4
 
@@ -531,11 +525,7 @@ def test_without_a_kernel_timer_the_thread_is_woken_at_once_and_still_lingers(
     chat(c)
     assert metering.flush(10.0) is True
     assert dispatcher._timer is None
-    with build_times() as built:
-        called = time.perf_counter()
-        chat(c)
-        wait_until(lambda: len(built) == 1, 10.0, "the record built")
-        assert built[0] - called >= 0.015
+    assert linger_of(c) >= 0.015
     assert metering.flush(10.0) is True
     assert len(isolated.records) == 2
 
