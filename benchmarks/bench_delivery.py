@@ -18,8 +18,16 @@ API, running in another process and answering each request after ``--latency`` s
    time per record (its clock, read with ``pthread_getcpuclockid``), which then pays every
    cost of a batch (its spool file, its wake-up, the loop's turns) for one record.
 
+4. Full collections: ``--gc-calls`` calls by the un-instrumented client, then as many by
+   the metered one, in bursts of 20 calls 10 ms apart (a pace delivery keeps up with):
+   how many full collections of the garbage collector's oldest generation each run
+   caused, and the milliseconds they took. Objects that live long enough (a record
+   waiting for the API's answer) are moved into that generation, and enough of them
+   trigger a full collection, which walks every object of the process, in whichever
+   thread allocates at that moment.
+
     python benchmarks/bench_delivery.py [--records N] [--latency S] [--rounds N] [--calls N]
-                                        [--lone N]
+                                        [--lone N] [--gc-calls N]
 """
 
 from __future__ import annotations
@@ -111,6 +119,34 @@ def lone_record_cpu(call: Callable[[], object], count: int) -> float | None:
     return (time.clock_gettime(clock) - started) / count * 1e6
 
 
+def full_collections(call: Callable[[], object], calls: int) -> tuple[int, float]:
+    """Full collections during ``calls`` calls in bursts of 20, 10 ms apart, and the
+    milliseconds they took, records delivered included."""
+    took: list[float] = []
+    started = 0.0
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
+        if info["generation"] == 2:
+            if phase == "start":
+                started = time.perf_counter()
+            else:
+                took.append(time.perf_counter() - started)
+
+    assert metering.flush(300.0), "records still undelivered after 300 s"
+    gc.collect()
+    gc.callbacks.append(watch)
+    try:
+        for index in range(calls):
+            call()
+            if index % 20 == 19:
+                time.sleep(0.01)  # the workload's pace
+        assert metering.flush(300.0), "records still undelivered after 300 s"
+    finally:
+        gc.callbacks.remove(watch)
+    return len(took), sum(took) * 1000
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000)
@@ -118,6 +154,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40, help="rounds of the caller-side cost")
     parser.add_argument("--calls", type=int, default=250, help="calls per round and client")
     parser.add_argument("--lone", type=int, default=200, help="calls whose records go alone")
+    parser.add_argument("--gc-calls", type=int, default=20_000, help="calls per client, part 4")
     args = parser.parse_args()
 
     mock = mock_transport()
@@ -148,6 +185,10 @@ def main() -> int:
                 assert metering.flush(300.0), "records still undelivered after 300 s"
                 results[spool] = (flow, base, cost)
                 lone[spool] = lone_record_cpu(metered, args.lone)
+            collections = {  # spool on, as by default
+                "without metering": full_collections(baseline, args.gc_calls),
+                "with metering": full_collections(metered, args.gc_calls),
+            }
     finally:
         api.close()
 
@@ -175,6 +216,12 @@ def main() -> int:
     )
     for spool, cpu in lone.items():
         print(f"spool {spool:<4} {'n/a' if cpu is None else f'{cpu:.0f}'}")
+    print(
+        f"\nfull collections of the garbage collector's oldest generation, {args.gc_calls} "
+        "calls in bursts of 20, 10 ms apart (spool on):"
+    )
+    for who, (count, took) in collections.items():
+        print(f"{who:<17} {count:3d} ({took:.0f} ms)")
     stored_all = all(flow.stored == args.records for flow, _, _ in results.values())
     return 0 if stored_all else 1
 

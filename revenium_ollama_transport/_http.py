@@ -12,6 +12,7 @@ speaks every proxy scheme.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import socket
 import ssl
@@ -173,6 +174,9 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._eof = False
         self._waiter: asyncio.Future[tuple[Reply, bool]] | None = None
+        # The timers' context: asyncio would copy one for each request's timer, one more
+        # object held while the answer is awaited (the timeout callback reads no variable).
+        self._context = contextvars.Context()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a stream's, TLS or not
@@ -232,7 +236,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = waiter
         self._transport.write(request)
         # A timer handle, not asyncio.timeout(): a fraction of the cost, on every record.
-        timer = loop.call_later(timeout, _time_out, waiter)
+        timer = loop.call_later(timeout, _time_out, waiter, context=self._context)
         try:
             return await waiter
         finally:

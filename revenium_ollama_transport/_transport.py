@@ -185,6 +185,10 @@ class _SyncCall(CallObservation):
             inner = self.inner
             if inner is not None:
                 inner.close()
+                # Not kept while the record waits for the delivery thread: a network
+                # stream holds the connection pool's request objects, which would then
+                # live long enough for the garbage collector's oldest generation.
+                self.inner = None
         finally:
             if self.ended is None:
                 _end(self, ENDED_CLOSED)
@@ -236,6 +240,7 @@ class _AsyncCall(CallObservation):
             inner = self.inner
             if inner is not None:
                 await inner.aclose()
+                self.inner = None  # see _SyncCall.close
         finally:
             if self.ended is None:
                 _end(self, ENDED_CLOSED)

@@ -7,6 +7,7 @@ only the baseline, a do-nothing transport and this package take part, for a few 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,11 +60,25 @@ def test_the_instruction_counts_worker_runs_each_mode() -> None:
 
 
 def test_the_delivery_benchmark_stores_every_record_and_prints_each_figure() -> None:
-    done = run_script("bench_delivery.py", "--records=200", "--rounds=2", "--calls=10", "--lone=5")
+    done = run_script(
+        "bench_delivery.py",
+        "--records=200",
+        "--rounds=2",
+        "--calls=10",
+        "--lone=5",
+        "--gc-calls=100",
+    )
     assert done.returncode == 0, done.stderr[-2000:]  # 1: a record was not stored
     lines = done.stdout.splitlines()
     heading = next(i for i, line in enumerate(lines) if line.startswith("records that come"))
-    lone = [line.split() for line in lines[heading + 1 :]]
+    lone = [line.split() for line in lines[heading + 1 : heading + 3]]
     # Both spool settings measured, in microseconds (a Linux thread's CPU clock here).
     assert [row[1] for row in lone] == ["off", "on"], done.stdout
     assert all(row[2].isdigit() for row in lone), done.stdout
+    heading = next(i for i, line in enumerate(lines) if line.startswith("full collections"))
+    # Both clients, each with a count and the milliseconds they took.
+    counts = [
+        re.fullmatch(r"(with(?:out)? metering) +\d+ \(\d+ ms\)", line)
+        for line in lines[heading + 1 : heading + 3]
+    ]
+    assert [m and m[1] for m in counts] == ["without metering", "with metering"], done.stdout

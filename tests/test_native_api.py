@@ -7,6 +7,7 @@ import asyncio
 import gc
 import re
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ import revenium_ollama_transport as metering
 from revenium_ollama_transport import AsyncReveniumTransport, ReveniumTransport, usage_metadata
 from revenium_ollama_transport.testing import FakeMeteringAPI, OllamaSimulator, SimulatedReply
 
+from ._sinks import RecordingSink
 from .conftest import API_KEY
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -517,3 +519,65 @@ async def test_async_generate_and_embed_routes(
         for r in metered.records
     )
     assert by_route == [("EMBED", 0, 0, False), ("EMBED", 5, 0, False), ("GENERATE", 5, 2, stream)]
+
+
+class _WatchedStreams(httpx.HTTPTransport):
+    """The real network transport, with weak references to the body streams it returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[weakref.ref[Any]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.streams.append(weakref.ref(response.stream))
+        return response
+
+
+class _AsyncWatchedStreams(httpx.AsyncHTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[weakref.ref[Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.streams.append(weakref.ref(response.stream))
+        return response
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_waiting_record_does_not_keep_the_network_stream(
+    sim: OllamaSimulator, stream: bool
+) -> None:
+    # Until the delivery thread takes it, the record's observation waits (a sink keeping it
+    # stands for that); the network stream it was read from, with the connection pool's
+    # request objects, must not wait with it: objects kept that long end up in the garbage
+    # collector's oldest generation, whose full collections every thread then pays for.
+    sink = RecordingSink()
+    inner = _WatchedStreams()
+    c = ollama.Client(host=sim.url, transport=ReveniumTransport(inner, sink=sink))
+    if stream:
+        assert [p.message.content for p in c.chat(model=MODEL, messages=MESSAGES, stream=True)]
+    else:
+        assert c.chat(model=MODEL, messages=MESSAGES).message.content
+    sink.wait_for(1)
+    gc.collect()
+    assert len(inner.streams) == 1
+    assert inner.streams[0]() is None, "the waiting observation keeps the network stream"
+    assert sink.records()[0].wire["inputTokenCount"] > 0  # and the record is whole
+    c._client.close()
+
+
+async def test_a_waiting_async_record_does_not_keep_the_network_stream(
+    sim: OllamaSimulator,
+) -> None:
+    sink = RecordingSink()
+    inner = _AsyncWatchedStreams()
+    c = ollama.AsyncClient(host=sim.url, transport=AsyncReveniumTransport(inner, sink=sink))
+    assert (await c.chat(model=MODEL, messages=MESSAGES)).message.content
+    sink.wait_for(1)
+    gc.collect()
+    assert len(inner.streams) == 1
+    assert inner.streams[0]() is None, "the waiting observation keeps the network stream"
+    assert sink.records()[0].wire["inputTokenCount"] > 0
+    await c._client.aclose()
