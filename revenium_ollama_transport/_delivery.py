@@ -440,7 +440,8 @@ class Dispatcher:
         slot_freed = self._slot_freed = asyncio.Event()
         # One context for every delivery task and its callback, where asyncio would copy
         # one for each: a record in flight then holds fewer objects for the garbage
-        # collector's oldest generation to take in (see _spawn). Nothing sets variables in it.
+        # collector's oldest generation to take in (see _spawn). The delivery code sets no
+        # context variable.
         context = contextvars.copy_context()
 
         def done(task: asyncio.Task[None]) -> None:
