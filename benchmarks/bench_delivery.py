@@ -17,7 +17,6 @@ API, running in another process and answering each request after ``--latency`` s
    delivery thread's linger, as calls seconds apart are; the delivery thread's own CPU
    time per record (its clock, read with ``pthread_getcpuclockid``), which then pays every
    cost of a batch (its spool file, its wake-up, the loop's turns) for one record.
-
 4. Full collections: ``--gc-calls`` calls by the un-instrumented client, then as many by
    the metered one, in bursts of 20 calls 10 ms apart (a pace delivery keeps up with):
    how many full collections of the garbage collector's oldest generation each run

@@ -53,7 +53,6 @@ class UsageStripper:
         if self.idle and is_whole_choices_event(data) is not None:
             return data  # the common case, as Ollama sends it
         events = self._splitter.feed(data)
-        self.idle = self._splitter.at_boundary and not self._lf_is_dropped
         kept = b"".join(self._keep(event.raw, event) for event in events)
         self.idle = self._splitter.at_boundary and not self._lf_is_dropped
         return kept
