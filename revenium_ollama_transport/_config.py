@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -35,8 +36,8 @@ class Settings:
     # Called in the delivery thread with a DeliveryError for each record not delivered.
     on_delivery_error: Callable[[Any], object] | None = None
 
-    @property
-    def endpoint(self) -> str | None:
+    @functools.cached_property
+    def endpoint(self) -> str | None:  # read for every record: made once
         return None if self.base_url is None else self.base_url + COMPLETIONS_PATH
 
     @property

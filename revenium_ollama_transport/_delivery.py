@@ -695,10 +695,14 @@ class Dispatcher:
 
     def _out_of_hand(self, count: int) -> None:
         """``count`` records taken from the queue are settled (or will be sent no more)."""
-        with self._idle:
+        lock = self._lock  # the condition's, taken without "with" (see Counters.add)
+        lock.acquire()
+        try:
             self._in_flight -= count
             if not self._in_flight and not self._queue:
                 self._idle.notify_all()
+        finally:
+            lock.release()
 
     def _take_batch(self) -> list[MeteringRecord]:
         records: list[MeteringRecord] = []
@@ -847,20 +851,17 @@ class Dispatcher:
                 "records are not sent (see the error logged when it was read)",
             )
             return None
-        sender = senders.get(endpoint, settings)
-        headers = {
-            "content-type": "application/json",
-            "x-api-key": settings.api_key,
-            "idempotency-key": transaction_id,
-        }
+        sender, headers = senders.get(endpoint, settings)
         parked = spooled and not probe  # not sent during an outage or a refused key
         try:
             try:
                 # Most records need no retry machinery at all; and no closure either, whose
                 # cells would be garbage-collector-tracked objects while the record waits.
-                await self._attempt(sender, body, headers, parked)
+                await self._attempt(sender, body, headers, transaction_id, parked)
             except _Transient as first:
-                once = functools.partial(self._attempt, sender, body, headers, parked)
+                once = functools.partial(
+                    self._attempt, sender, body, headers, transaction_id, parked
+                )
                 await retry_after_first(once, first, settings)
         except _Parked:
             return "waiting in the spool (an outage, or a refused API key)"
@@ -903,13 +904,18 @@ class Dispatcher:
         return None
 
     async def _attempt(
-        self, sender: Sender, body: bytes, headers: dict[str, str], parked: bool
+        self,
+        sender: Sender,
+        body: bytes,
+        headers: dict[str, str],
+        transaction_id: str,
+        parked: bool,
     ) -> None:
         """One attempt to deliver a record (see ``_send``)."""
         if parked and (self._outage or self._key_refused):
             raise _Parked
         try:
-            reply = await sender.post(body, headers)
+            reply = await sender.post(body, headers, transaction_id)
         except SendError as exc:
             self._api_failed()
             raise _Transient(str(exc)) from exc
@@ -991,21 +997,31 @@ class Dispatcher:
 
 
 class _Senders:
-    """The HTTP sender for the current endpoint, made anew when settings change it."""
+    """The HTTP sender for the current endpoint, made anew when settings change it, and
+    the headers every record is sent with."""
 
     def __init__(self) -> None:
+        self._settings: _config.Settings | None = None  # those the two below are for
         self._key: tuple[str, float, int] | None = None
         self._sender: Sender | None = None
+        self._headers: dict[str, str] = {}
         self._retired: list[Sender] = []
 
-    def get(self, endpoint: str, settings: _config.Settings) -> Sender:
-        key = (endpoint, settings.request_timeout, settings.max_in_flight)
-        if self._sender is None or key != self._key:
-            if self._sender is not None:
-                self._retired.append(self._sender)  # closed at the end: requests may be in flight
-            self._sender = sender_for(endpoint, settings.request_timeout, settings.max_in_flight)
-            self._key = key
-        return self._sender
+    def get(self, endpoint: str, settings: _config.Settings) -> tuple[Sender, dict[str, str]]:
+        sender = self._sender
+        if settings is not self._settings or sender is None:
+            key = (endpoint, settings.request_timeout, settings.max_in_flight)
+            if sender is None or key != self._key:
+                if sender is not None:
+                    self._retired.append(sender)  # closed at the end: requests may be in flight
+                sender = self._sender = sender_for(endpoint, *key[1:])
+                self._key = key
+            self._headers = {
+                "content-type": "application/json",
+                "x-api-key": settings.api_key or "",
+            }
+            self._settings = settings
+        return sender, self._headers
 
     async def aclose(self) -> None:
         for sender in [*self._retired, *([self._sender] if self._sender else [])]:

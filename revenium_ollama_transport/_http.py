@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import re
 import socket
 import ssl
 import sys
 import urllib.request
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -49,15 +49,50 @@ else:  # pragma: no cover - Python 3.10
         return await asyncio.wait_for(awaitable, seconds)
 
 
-@dataclass
 class Reply:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
-    body: bytes = b""
+    """An answer: its status, its body and its headers (names lower-cased). The headers
+    are parsed from the raw head only when read: delivery reads them only for an answer
+    that did not store the record."""
+
+    __slots__ = ("_head", "_headers", "body", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        *,
+        head: bytes = b"",
+    ) -> None:
+        self.status = status
+        self.body = body
+        self._headers = headers
+        self._head = head  # the header lines, each after a CRLF
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _header_fields(self._head)
+        return headers
+
+
+def _header_fields(head: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in head.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return headers
 
 
 class Sender(Protocol):
-    async def post(self, body: bytes, headers: dict[str, str]) -> Reply: ...
+    async def post(
+        self, body: bytes, headers: dict[str, str], idempotency_key: str | None = None
+    ) -> Reply:
+        """POSTs ``body``. ``headers`` are meant to be the same from one request to the next
+        (a sender may encode them once); ``idempotency_key`` is the request's own."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -85,6 +120,21 @@ def proxy_for(url: str) -> str | None:
     return proxy
 
 
+# The status line, and the header fields that frame an answer, each looked for on its own:
+# most answers have a Content-Length alone. (The other fields are parsed only when read:
+# see Reply.)
+_STATUS_LINE = re.compile(rb"HTTP/1\.([^ ]*) (\d\d\d)")
+
+
+def _field(name: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb"\r\n" + name + rb"[ \t]*:([^\r\n]*)", re.IGNORECASE)  # value unstripped
+
+
+_CONTENT_LENGTH = _field(b"content-length")
+_TRANSFER_ENCODING = _field(b"transfer-encoding")
+_CONNECTION = _field(b"connection")
+
+
 def parse_answer(data: bytes | bytearray, eof: bool) -> tuple[Reply, int, bool] | None:
     """The first whole HTTP/1.x answer at the start of ``data``: the reply, how many bytes
     it took and whether the connection may carry another request; None until more bytes
@@ -99,29 +149,32 @@ def parse_answer(data: bytes | bytearray, eof: bool) -> tuple[Reply, int, bool] 
         if eof:
             raise SendError("connection closed before the whole answer")
         return None
-    lines = bytes(data[:end]).split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
-    code = rest[:3]
-    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise SendError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-    status = int(code)
-    reusable = version == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    first_line_end = data.find(b"\r\n", 0, end)
+    if first_line_end < 0:
+        first_line_end = end  # a status line alone
+    status_line = _STATUS_LINE.match(data, 0, first_line_end)
+    if status_line is None:
+        raise SendError(f"not an HTTP/1.x answer: {bytes(data[: min(first_line_end, 80)])!r}")
+    status = int(status_line[2])
+    connection = _CONNECTION.search(data, first_line_end, end)
+    reusable = status_line[1] == b"1" and (
+        connection is None or connection[1].strip().lower() != b"close"
+    )
+    head = bytes(data[first_line_end:end])
     start = end + 4
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        chunked = _dechunk(data, start)
-        if chunked is None:
+    encoding = _TRANSFER_ENCODING.search(data, first_line_end, end)
+    if encoding is not None and encoding[1].lower().find(b"chunked") >= 0:
+        dechunked = _dechunk(data, start)
+        if dechunked is None:
             if eof:
                 raise SendError("connection closed inside a chunked answer")
             return None
-        body, taken = chunked
-        return Reply(status, headers, body), taken, reusable
-    if "content-length" in headers:
+        body, taken = dechunked
+        return Reply(status, body=body, head=head), taken, reusable
+    content_length = _CONTENT_LENGTH.search(data, first_line_end, end)
+    if content_length is not None:
         try:
-            length = int(headers["content-length"])
+            length = int(content_length[1])  # surrounding whitespace allowed
         except ValueError as exc:
             raise SendError("bad Content-Length") from exc
         if length < 0:
@@ -130,12 +183,13 @@ def parse_answer(data: bytes | bytearray, eof: bool) -> tuple[Reply, int, bool] 
             if eof:
                 raise SendError("connection closed before the whole answer")
             return None
-        return Reply(status, headers, bytes(data[start : start + length])), start + length, reusable
+        body = bytes(data[start : start + length])
+        return Reply(status, body=body, head=head), start + length, reusable
     if status in (204, 304) or status < 200:
-        return Reply(status, headers, b""), start, reusable
+        return Reply(status, head=head), start, reusable
     if not eof:
         return None  # delimited by the end of the connection
-    return Reply(status, headers, bytes(data[start:])), len(data), False
+    return Reply(status, body=bytes(data[start:]), head=head), len(data), False
 
 
 def _dechunk(data: bytes | bytearray, position: int) -> tuple[bytes, int] | None:
@@ -174,6 +228,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._eof = False
         self._waiter: asyncio.Future[tuple[Reply, bool]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         # The timers' context: asyncio would copy one for each request's timer, one more
         # object held while the answer is awaited (the timeout callback reads no variable).
         self._context = contextvars.Context()
@@ -228,20 +283,25 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def exchange(self, request: bytes, timeout: float) -> tuple[Reply, bool]:
-        """Sends one request; returns the answer and whether the connection may be reused."""
+    def send(self, request: bytes, timeout: float) -> asyncio.Future[tuple[Reply, bool]]:
+        """Writes one request; the future is its answer and whether the connection may be
+        reused, or ``SendError`` after ``timeout`` seconds. ``answered`` must follow."""
         assert self._transport is not None  # made connected by create_connection
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[Reply, bool]] = loop.create_future()
         self._waiter = waiter
         self._transport.write(request)
         # A timer handle, not asyncio.timeout(): a fraction of the cost, on every record.
-        timer = loop.call_later(timeout, _time_out, waiter, context=self._context)
-        try:
-            return await waiter
-        finally:
+        self._timer = loop.call_later(timeout, _time_out, waiter, context=self._context)
+        return waiter
+
+    def answered(self) -> None:
+        """The request sent has its answer, or will have none: its timer is stopped."""
+        timer = self._timer
+        if timer is not None:
             timer.cancel()
-            self._waiter = None
+            self._timer = None
+        self._waiter = None
 
 
 def _time_out(waiter: asyncio.Future[tuple[Reply, bool]]) -> None:
@@ -262,6 +322,10 @@ class DirectSender:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = parts.netloc.rpartition("@")[2]
         self._head = f"POST {target} HTTP/1.1\r\nHost: {host_header}\r\n".encode("latin-1")
+        # The request line and the headers every request has, encoded once for the headers
+        # they were encoded from.
+        self._fixed_headers: dict[str, str] | None = None
+        self._fixed = self._head
         self._idle: list[_Connection] = []
 
     async def _addresses(self) -> list[str]:
@@ -293,53 +357,66 @@ class DirectSender:
             return connection
         raise failure or OSError(f"no address for {self._host}")
 
-    def _request(self, body: bytes, headers: dict[str, str]) -> bytes:
-        lines = [self._head]
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-        lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        lines.append(body)
-        return b"".join(lines)
+    def _request(self, body: bytes, headers: dict[str, str], idempotency_key: str | None) -> bytes:
+        if headers != self._fixed_headers:
+            self._fixed_headers = dict(headers)
+            fields = [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()]
+            self._fixed = self._head + b"".join(fields)
+        if idempotency_key is None:
+            return b"%sContent-Length: %d\r\n\r\n%s" % (self._fixed, len(body), body)
+        return b"%sidempotency-key: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+            self._fixed,
+            idempotency_key.encode("latin-1"),
+            len(body),
+            body,
+        )
 
-    async def post(self, body: bytes, headers: dict[str, str]) -> Reply:
-        request = self._request(body, headers)
-        # A kept-alive connection may have been closed by the server meanwhile: one seen
-        # closed is dropped; a failure other than a timeout on a reused one is retried at
-        # once on a new one (the close may cross the request).
+    async def post(
+        self, body: bytes, headers: dict[str, str], idempotency_key: str | None = None
+    ) -> Reply:
+        request = self._request(body, headers, idempotency_key)
         idle = self._idle
-        while idle:
-            connection = idle.pop()
-            if not connection.usable:
-                connection.close()
-                continue
+        while True:
+            # A kept-alive connection may have been closed by the server meanwhile: one seen
+            # closed is dropped; a failure other than a timeout on a reused one is retried
+            # at once on another, or a new one (the close may cross the request).
+            connection = None
+            while idle:
+                candidate = idle.pop()
+                if candidate.usable:
+                    connection = candidate
+                    break
+                candidate.close()
+            reused = connection is not None
             try:
-                return await self._exchange(connection, request)
-            except SendError as exc:
-                if exc.timed_out:
+                if connection is None:
+                    connection = await _within(self._timeout, self._open())
+                try:
+                    reply, reusable = await connection.send(request, self._timeout)
+                finally:
+                    connection.answered()
+            except (OSError, asyncio.TimeoutError, SendError) as exc:
+                if connection is not None:
+                    connection.close()
+                if isinstance(exc, SendError):
+                    failure = exc
+                else:
+                    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    failure = SendError(reason, isinstance(exc, asyncio.TimeoutError))
+                if reused and not failure.timed_out:
+                    continue
+                if failure is exc:
                     raise
-        return await self._exchange(None, request)
-
-    async def _exchange(self, connection: _Connection | None, request: bytes) -> Reply:
-        try:
-            if connection is None:
-                connection = await _within(self._timeout, self._open())
-            reply, reusable = await connection.exchange(request, self._timeout)
-        except (OSError, asyncio.TimeoutError, SendError) as exc:
-            if connection is not None:
-                connection.close()
-            if isinstance(exc, SendError):
+                raise failure from exc
+            except BaseException:
+                if connection is not None:
+                    connection.close()
                 raise
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise SendError(reason, isinstance(exc, asyncio.TimeoutError)) from exc
-        except BaseException:
-            if connection is not None:
+            if reusable:
+                idle.append(connection)
+            else:
                 connection.close()
-            raise
-        if reusable:
-            self._idle.append(connection)
-        else:
-            connection.close()
-        return reply
+            return reply
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
@@ -357,7 +434,11 @@ class ProxiedSender:
         )
         self._client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=True)
 
-    async def post(self, body: bytes, headers: dict[str, str]) -> Reply:
+    async def post(
+        self, body: bytes, headers: dict[str, str], idempotency_key: str | None = None
+    ) -> Reply:
+        if idempotency_key is not None:
+            headers = {**headers, "idempotency-key": idempotency_key}
         try:
             response = await self._client.post(self._endpoint, content=body, headers=headers)
         except httpx.TransportError as exc:

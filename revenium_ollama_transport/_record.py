@@ -39,6 +39,12 @@ class MeteringRecord:
 # The formatted date and time of the second last formatted: a record's three timestamps
 # mostly fall in one second, and a batch's records in a few.
 _last_second: tuple[int, str] = (-1, "")
+# round() on a float, as round() does it (half to even), without the bound method that
+# round() makes each time: five times a record.
+_round = float.__round__
+# Milliseconds as formatted ("000"-"999"), and with the closing "Z": a lookup instead of a
+# format() call, which makes several objects each time.
+_MILLISECONDS = [f"{n:03d}Z" for n in range(1000)]
 
 
 def iso_utc(epoch_seconds: float) -> str:
@@ -48,7 +54,7 @@ def iso_utc(epoch_seconds: float) -> str:
     its cost."""
     global _last_second  # noqa: PLW0603 - a one-entry cache; replacing a tuple is atomic
     fraction, whole = math.modf(epoch_seconds)
-    micros = round(fraction * 1e6)
+    micros = _round(fraction * 1e6)
     if micros >= 1_000_000:
         micros -= 1_000_000
         whole += 1.0
@@ -61,7 +67,7 @@ def iso_utc(epoch_seconds: float) -> str:
         t = time.gmtime(second)
         prefix = f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}."
         _last_second = (second, prefix)
-    return f"{prefix}{micros // 1000:03d}Z"
+    return prefix + _MILLISECONDS[micros // 1000]
 
 
 def _count(value: object) -> int:
@@ -236,7 +242,7 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
         "isStreamed": streamed,
         "requestTime": iso_utc(wall),
         "responseTime": response_time,
-        "requestDuration": max(0, round((end - start) * 1000)),
+        "requestDuration": max(0, _round((end - start) * 1000)),
     }
     stop_reason, error_reason = _stop(observation, said, undecodable)
     wire["stopReason"] = stop_reason
@@ -260,7 +266,7 @@ def build_record(observation: CallObservation, metadata: dict[str, Any]) -> Mete
         first_token = observation.mono_headers if status < 400 else None
     if first_token is not None:
         wire["completionStartTime"] = iso_utc(wall + (first_token - start))
-        wire["timeToFirstToken"] = max(0, round((first_token - start) * 1000))
+        wire["timeToFirstToken"] = max(0, _round((first_token - start) * 1000))
     else:
         wire["completionStartTime"] = response_time
 

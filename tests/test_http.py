@@ -95,6 +95,22 @@ FRAMED = [
         True,
     ),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 200, b"", True),
+    # Field names in any case, blanks around values; a field whose name only ends like a
+    # framing one frames nothing.
+    (
+        b"HTTP/1.1 202 Accepted\r\nX-Content-Length: 99\r\ncontent-LENGTH:\t 3 \r\n"
+        b"CONNECTION:  Close \r\n\r\nabc",
+        202,
+        b"abc",
+        False,
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nX-Connection: close\r\nTransfer-encoding: gzip, CHUNKED\r\n\r\n"
+        b"1\r\nx\r\n0\r\n\r\n",
+        200,
+        b"x",
+        True,
+    ),
 ]
 UNTIL_CLOSE = b"HTTP/1.0 500 Oops\r\n\r\nbody until close"
 
@@ -133,6 +149,23 @@ def test_parse_answer_never_fails_other_than_with_send_error(data: bytes) -> Non
             pass
 
 
+def test_an_answers_headers_are_all_there_when_read() -> None:
+    parsed = parse_answer(
+        b"HTTP/1.1 429 Too Many\r\nRetry-After:  7 \r\nX-Should-Retry: true\r\n"
+        b"Content-Length: 2\r\nx-empty:\r\n\r\n{}",
+        eof=False,
+    )
+    assert parsed is not None
+    reply = parsed[0]
+    assert reply.headers == {
+        "retry-after": "7",
+        "x-should-retry": "true",
+        "content-length": "2",
+        "x-empty": "",
+    }
+    assert reply.headers is reply.headers  # parsed once
+
+
 def test_parse_answer_refuses_an_endless_head() -> None:
     with pytest.raises(SendError, match="too large"):
         parse_answer(b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20_000, eof=False)
@@ -142,8 +175,11 @@ async def test_content_length_answers_reuse_one_connection(serve: Serve) -> None
     log: list[tuple[bytes, bytes]] = []
     raw, url = await serve(keep_alive([], log))
     sender = DirectSender(url, timeout=5)
+    headers = {"x-api-key": "k"}
     for i in range(5):
-        reply = await sender.post(b'{"n":%d}' % i, {"x-api-key": "k", "idempotency-key": f"id{i}"})
+        if i == 3:  # the same mapping changed: its new value is sent from then on
+            headers["x-api-key"] = "k2"
+        reply = await sender.post(b'{"n":%d}' % i, headers, f"id{i}")
         assert (reply.status, reply.body) == (201, b"{}")
     await sender.aclose()
     assert raw.connections == 1
@@ -154,6 +190,8 @@ async def test_content_length_answers_reuse_one_connection(serve: Serve) -> None
     assert b"\r\nContent-Length: 7\r\n" in head
     assert b"\r\nHost: 127.0.0.1:" in head
     assert body == b'{"n":2}'
+    assert [b"\r\nx-api-key: k2\r\n" in h for h, _ in log] == [False] * 3 + [True] * 2
+    assert [h.count(b"idempotency-key") for h, _ in log] == [1] * 5
 
 
 async def test_chunked_answer_with_trailer(serve: Serve) -> None:

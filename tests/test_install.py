@@ -458,6 +458,8 @@ def test_environment_proxies_keep_working(
     assert len(metered.records) == 1
     # The call went through the proxy, and so did its record (delivery honours it too).
     assert forward_proxy.seen == [f"{sim.url}/api/chat", f"{metered.url}/meter/v2/ai/completions"]
+    [received] = metered.received
+    assert received.headers["idempotency-key"] == metered.records[0]["transactionId"]
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     client_for(sim).chat(model=MODEL, messages=MESSAGES)
     assert [p for p in forward_proxy.seen if "/api/" in p] == [f"{sim.url}/api/chat"]

@@ -73,6 +73,7 @@ class Uploader:
         self._connection = connection
         self._sender = sender
         self._api_key = api_key
+        self._headers = {"content-type": "application/json", "x-api-key": api_key}
         self._options = options
         self._progress = progress
         self._settings = dataclasses.replace(
@@ -128,15 +129,11 @@ class Uploader:
     async def _one(self, row_id: int, transaction_id: str, wire: str) -> None:
         outcome = self._outcome
         body = wire.encode()
-        headers = {
-            "content-type": "application/json",
-            "x-api-key": self._api_key,
-            "idempotency-key": transaction_id,
-        }
+        headers = self._headers
 
         async def once() -> None:
             try:
-                reply = await self._sender.post(body, headers)
+                reply = await self._sender.post(body, headers, transaction_id)
             except SendError as exc:
                 raise _Transient(str(exc)) from exc
             classify_response(reply)
