@@ -62,6 +62,21 @@ CONTENDERS = [
         import_time=False,
         default=False,  # a diagnostic: the caller's path without the delivery thread's work
     ),
+    # Diagnostics: what making and freeing objects between batches, as delivery does, costs
+    # the calls after it, with nothing delivered (see compare_worker._churn).
+    Contender(
+        "caller-only-churned",
+        "records discarded, objects churned",
+        ("revenium-ollama-transport",),
+        import_time=False,
+        default=False,
+    ),
+    Contender(
+        "baseline-churned",
+        "ollama alone, objects churned",
+        import_time=False,
+        default=False,
+    ),
     Contender("revenium-sdk", "revenium-python-sdk (Ollama middleware)", ("revenium-python-sdk",)),
     Contender(
         "openllmetry",

@@ -30,6 +30,7 @@ import asyncio
 import gc
 import importlib
 import os
+import random
 import resource
 import socket
 import sys
@@ -321,6 +322,41 @@ def _ours_caller_only(down: int | None) -> Setup:
     return Setup(records=False)
 
 
+# Objects of each kind _churn makes between batches.
+CHURN_EACH = 1_200
+
+
+def _churn() -> None:
+    """Makes 1,200 each of small dictionaries (holding a string and a list), tuples, lists,
+    strings and bytes, then frees them in shuffled order: the kind of work that delivering
+    a batch's records does to the interpreter's allocator and garbage collector, with
+    nothing delivered."""
+    rng = random.Random(1)
+    made: list[object] = []
+    for i in range(CHURN_EACH):
+        made += (
+            {"a": i, "b": str(i), "c": [i]},
+            (i, str(i)),
+            [i, i + 1, i + 2],
+            "y" * rng.randrange(10, 120) + str(i),
+            b"x" * rng.randrange(20, 400),
+        )
+    rng.shuffle(made)
+    made.clear()
+
+
+def _churned(setup: Setup) -> Setup:
+    """A diagnostic contender: ``setup``, objects churned after each flush (see _churn)."""
+    flush = setup.flush
+
+    def flush_then_churn() -> None:
+        flush()
+        _churn()
+
+    setup.flush = flush_then_churn
+    return setup
+
+
 def _revenium_sdk(down: int | None, openai_too: bool = True) -> Setup:
     setup = Setup()
     api: MeteringAPIProcess | None = None
@@ -387,6 +423,8 @@ CONTENDERS: dict[str, Callable[[int | None], Setup]] = {
     "ours-installed": lambda down: _ours(True, down),
     "ours-transport": lambda down: _ours(False, down),
     "ours-caller-only": _ours_caller_only,
+    "caller-only-churned": lambda down: _churned(_ours_caller_only(down)),
+    "baseline-churned": lambda down: _churned(Setup(records=False)),
     "revenium-sdk": _revenium_sdk,
     "openllmetry": _openllmetry,
     "openlit": _openlit,

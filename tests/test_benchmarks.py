@@ -6,6 +6,7 @@ only the baseline, a do-nothing transport and this package take part, for a few 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -51,12 +52,63 @@ def test_compare_prints_a_table_with_our_records_checked() -> None:
     assert "import: " in table and "memory: " in table
 
 
+def test_compare_runs_the_diagnostic_rows() -> None:
+    done = run_script(
+        "compare.py",
+        "--only=ours-caller-only,caller-only-churned,baseline-churned",
+        "--scenarios=chat_small",
+        "--rounds=2",
+        "--warmup=1",
+        "--replicas=1",
+        "--import-runs=1",
+        "--memory-calls=0",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels = [
+        "revenium-ollama-transport, records discarded",
+        "records discarded, objects churned",
+        "ollama alone, objects churned",
+    ]
+    for label in labels:
+        [row] = [line for line in done.stdout.splitlines() if line.startswith(f"  {label}  ")]
+        # A timed row (median, p95, added, ratio, CPU), and no records to check.
+        figures = row[len(label) + 2 :].split()
+        assert len(figures) == 6 and figures[-1] == "-", row
+        assert float(figures[0]) > 0, row
+
+
 def test_the_instruction_counts_worker_runs_each_mode() -> None:
     # What count_instructions.py runs under valgrind (which CI lacks), run here without it:
     # every mode completes, and the delivery mode checks that each record was stored.
     for mode in ("plain", "transport", "installed", "delivery"):
         done = run_script("_instructions_worker.py", mode, "20", timeout=120)
         assert done.returncode == 0, (mode, done.stderr[-2000:])
+
+
+def test_allocator_calls_are_read_off_compressed_callgrind_names() -> None:
+    spec = importlib.util.spec_from_file_location("count", BENCHMARKS / "count_instructions.py")
+    assert spec is not None and spec.loader is not None
+    count = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(count)
+    text = "\n".join(
+        [
+            "fn=(1) dict_new",
+            "cfn=(2) _PyObject_Malloc",
+            "calls=3 0x10",
+            "5 7",
+            "cfn=(3) _PyObject_GC_Link",
+            "calls=2 0x20",
+            "fn=(2)",  # the allocator's own costs: not a call
+            "9 9",
+            "fn=(4) list_new",
+            "cfn=(2)",  # the name given once, then its number alone
+            "cfi=(5) obmalloc.c",
+            "calls=4 0x30",
+            "cfn=(6) _PyObject_Malloc_helper",  # only the exact names count
+            "calls=100 0x40",
+        ]
+    )
+    assert count.allocator_calls(text) == {"_PyObject_Malloc": 7, "_PyObject_GC_Link": 2}
 
 
 def test_the_delivery_benchmark_stores_every_record_and_prints_each_figure() -> None:
