@@ -160,7 +160,6 @@ def parse_answer(data: bytes | bytearray, eof: bool) -> tuple[Reply, int, bool] 
     reusable = status_line[1] == b"1" and (
         connection is None or connection[1].strip().lower() != b"close"
     )
-    head = bytes(data[first_line_end:end])
     start = end + 4
     encoding = _TRANSFER_ENCODING.search(data, first_line_end, end)
     if encoding is not None and encoding[1].lower().find(b"chunked") >= 0:
@@ -170,26 +169,27 @@ def parse_answer(data: bytes | bytearray, eof: bool) -> tuple[Reply, int, bool] 
                 raise SendError("connection closed inside a chunked answer")
             return None
         body, taken = dechunked
-        return Reply(status, body=body, head=head), taken, reusable
-    content_length = _CONTENT_LENGTH.search(data, first_line_end, end)
-    if content_length is not None:
+    elif (content_length := _CONTENT_LENGTH.search(data, first_line_end, end)) is not None:
         try:
             length = int(content_length[1])  # surrounding whitespace allowed
         except ValueError as exc:
             raise SendError("bad Content-Length") from exc
         if length < 0:
             raise SendError("bad Content-Length")
-        if len(data) - start < length:
+        taken = start + length
+        if len(data) < taken:
             if eof:
                 raise SendError("connection closed before the whole answer")
             return None
-        body = bytes(data[start : start + length])
-        return Reply(status, body=body, head=head), start + length, reusable
-    if status in (204, 304) or status < 200:
-        return Reply(status, head=head), start, reusable
-    if not eof:
+        body = bytes(data[start:taken])
+    elif status in (204, 304) or status < 200:
+        body, taken = b"", start
+    elif not eof:
         return None  # delimited by the end of the connection
-    return Reply(status, body=bytes(data[start:]), head=head), len(data), False
+    else:
+        body, taken, reusable = bytes(data[start:]), len(data), False
+    # The head is copied once the answer is whole: not for each read of a partial one.
+    return Reply(status, body=body, head=bytes(data[first_line_end:end])), taken, reusable
 
 
 def _dechunk(data: bytes | bytearray, position: int) -> tuple[bytes, int] | None:
