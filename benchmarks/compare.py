@@ -192,8 +192,15 @@ def worker_environment(replica: int = 0) -> dict[str, str]:
     """The environment of a contender's worker number ``replica``, whose hash seed is
     its number: the seed lays out every dictionary and set of the process, and several
     seeds keep one layout from being a contender's luck in every run."""
-    # The user's own Revenium settings must not reach the workers: each sets its own.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REVENIUM_")}
+    # The user's own Revenium settings must not reach the workers: each sets its own. Nor
+    # PYTHONDONTWRITEBYTECODE: every contender from PyPI was compiled when pip installed
+    # it, this package (installed editable) is compiled by the first, untimed import run;
+    # without its .pyc every later run would time compiling it from source (twice as long).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("REVENIUM_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     return env | WORKER_ENVIRONMENT | {"PYTHONHASHSEED": str(replica)}
 
 

@@ -12,6 +12,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -27,6 +30,16 @@ def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.Comple
         timeout=timeout,
         check=False,
     )
+
+
+def _load(script: str) -> Any:
+    """A script of benchmarks/ as a module."""
+    spec = importlib.util.spec_from_file_location(Path(script).stem, BENCHMARKS / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # where its dataclasses look themselves up
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_compare_prints_a_table_with_our_records_checked() -> None:
@@ -83,6 +96,21 @@ def test_compare_runs_the_diagnostic_rows() -> None:
     assert churned > discarded + 50 and baseline_churned > discarded + 50, done.stdout
 
 
+def test_workers_compile_bytecode_and_keep_no_revenium_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Under PYTHONDONTWRITEBYTECODE this (editable) package would be compiled from source
+    # in every timed import run, where each contender from PyPI has its .pyc.
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("REVENIUM_METERING_API_KEY", "hak_not_for_workers")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    compare = _load("compare.py")
+    env = compare.worker_environment(2)
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert not [name for name in env if name.startswith("REVENIUM_")]
+    assert env["PYTHONHASHSEED"] == "2" and env["DO_NOT_TRACK"] == "1"
+
+
 def test_the_instruction_counts_worker_runs_each_mode() -> None:
     # What count_instructions.py runs under valgrind (which CI lacks), run here without it:
     # every mode completes, and the delivery mode checks that each record was stored.
@@ -92,10 +120,7 @@ def test_the_instruction_counts_worker_runs_each_mode() -> None:
 
 
 def test_allocator_calls_are_read_off_compressed_callgrind_names() -> None:
-    spec = importlib.util.spec_from_file_location("count", BENCHMARKS / "count_instructions.py")
-    assert spec is not None and spec.loader is not None
-    count = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(count)
+    count = _load("count_instructions.py")
     text = "\n".join(
         [
             "fn=(1) dict_new",
