@@ -6,6 +6,8 @@ httpx in the baseline, plus ours in the metered run. Calls alternate between the
 clients, so both see the same machine state. Records are built and delivered for real
 during the run, by our background thread, to the fake metering API running in another
 process on loopback (in this process its server threads would compete for the GIL).
+Last, small chats in short batches with the CPU caches emptied before each: what a call
+costs when other work ran in between, as it does between compare.py's batches.
 
     python benchmarks/bench_transport.py [--rounds N]
 """
@@ -89,6 +91,38 @@ def timed(call: Callable[[], object]) -> float:
     return (time.perf_counter_ns() - start) / 1000.0
 
 
+# Larger than the last-level cache of the machines this runs on: writing a byte in each of
+# its 64-byte lines leaves the CPU caches holding nothing of the calls, as another
+# process's turn on the core does (compare.py's batches each follow other processes').
+EVICT_BYTES = 64 * 1024 * 1024
+COLD_BATCH = 20
+
+
+def cold_lines(calls: list[tuple[str, Callable[[], object]]], batches: int) -> list[str]:
+    """Small chats in batches of ``COLD_BATCH``, the caches evicted before each batch:
+    the first call of a batch, and every call of the batches."""
+    buffer = bytearray(EVICT_BYTES)
+    stamp = bytes(len(range(0, EVICT_BYTES, 64)))
+    first: dict[str, list[float]] = {who: [] for who, _ in calls}
+    every: dict[str, list[float]] = {who: [] for who, _ in calls}
+    for batch in range(batches):
+        turn = batch % len(calls)
+        for who, call in calls[turn:] + calls[:turn]:
+            buffer[::64] = stamp
+            times = [timed(call) for _ in range(COLD_BATCH)]
+            first[who].append(times[0])
+            every[who] += times
+    lines = []
+    for label, figures in (("first call of a batch", first), ("every call", every)):
+        base = median(figures["baseline"])
+        line = f"  {label}: baseline {base:.1f}"
+        for who in ("transport", "installed"):
+            mid = median(figures[who])
+            line += f"; {who} {mid:.1f} ({mid - base:+.2f}, {mid / base:.3f})"
+        lines.append(line)
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=4000, help="calls per scenario and client")
@@ -165,6 +199,13 @@ def main() -> int:
                     )
             print(line)
         print("\nadded per streamed chunk (call overhead included): " + "; ".join(per_chunk))
+        batches = max(10, args.rounds // 40)
+        print(
+            f"\nsmall chat, caches evicted ({EVICT_BYTES >> 20} MiB written) before each of "
+            f"{batches} batches of {COLD_BATCH} calls per client; medians, us (+added, ratio):"
+        )
+        small = [(who, runs["chat, small prompt"]) for who, runs in contenders.items()]
+        print("\n".join(cold_lines(small, batches)))
         delivered = metering.flush(60.0)
         # Whole-process CPU (all threads, kernel included) for the same calls with and
         # without metering, the metered ones until their records are delivered: what the

@@ -165,3 +165,21 @@ def test_the_delivery_benchmark_stores_every_record_and_prints_each_figure() -> 
         for line in lines[heading + 1 : heading + 3]
     ]
     assert [m and m[1] for m in counts] == ["without metering", "with metering"], done.stdout
+
+
+def test_the_transport_benchmark_prints_every_scenario_and_the_cold_batches() -> None:
+    done = run_script("bench_transport.py", "--rounds=60")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for scenario in ("chat, small prompt", "chat, 2 KB prompt", "embed", "openai SDK stream"):
+        assert re.search(rf"^{re.escape(scenario)}.* \| .* \| ", out, re.MULTILINE), out
+    # Both kinds of figure after the caches are evicted, each for both metered clients.
+    figure = r"[\d.]+ \([+-][\d.]+, [\d.]+\)"
+    for label in ("first call of a batch", "every call"):
+        pattern = rf"^  {label}: baseline [\d.]+; transport {figure}; installed {figure}$"
+        assert re.search(pattern, out, re.MULTILINE), out
+    delivered = re.search(
+        r"during the run: (\d+) of (\d+) \(all flushed\); stored there: (\d+)", out
+    )
+    assert delivered is not None, out
+    assert delivered[1] == delivered[2] == delivered[3], out
