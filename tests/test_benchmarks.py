@@ -175,7 +175,7 @@ def test_the_transport_benchmark_prints_every_scenario_and_the_cold_batches() ->
         assert re.search(rf"^{re.escape(scenario)}.* \| .* \| ", out, re.MULTILINE), out
     # Both kinds of figure after the caches are evicted, each for both metered clients.
     figure = r"[\d.]+ \([+-][\d.]+, [\d.]+\)"
-    for label in ("first call of a batch", "every call"):
+    for label in ("first call of a batch", "the other calls"):
         pattern = rf"^  {label}: baseline [\d.]+; transport {figure}; installed {figure}$"
         assert re.search(pattern, out, re.MULTILINE), out
     delivered = re.search(
