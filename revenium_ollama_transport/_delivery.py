@@ -530,7 +530,9 @@ class Dispatcher:
                     return
                 self._wake.clear()
                 self._asleep = True
-                if queue or (self._stopping and not tasks):
+                # The exit deadline may have passed while a slot was awaited: the wake-up
+                # that said so is spent (just cleared), and nothing would come again.
+                if queue or self._abandon or (self._stopping and not tasks):
                     self._asleep = False
                     continue
                 with self._idle:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -430,3 +431,25 @@ def test_records_keep_going_to_disk_while_the_api_holds_every_slot(
         metered.set_mode("normal")
         stored = metered.wait_for_records(60, timeout=30.0)
         assert len({r["transactionId"] for r in stored}) == 60
+
+
+def test_a_shutdown_while_every_slot_is_held_gives_every_file_back_in_time(
+    tmp_path: Path, sim: OllamaSimulator, metered: FakeMeteringAPI
+) -> None:
+    # The exit deadline passes while the thread waits for a slot the hanging API holds:
+    # it must still cancel the request in flight and give every file back (the next
+    # process sends only what was not delivered), not sleep until the thread is abandoned.
+    spool = tmp_path / "spool"
+    with restarted_delivery(metered, spool_dir=str(spool), max_in_flight=1):
+        metered.set_mode("hang")
+        client = ollama.Client(host=sim.url, transport=ReveniumTransport())
+        for _ in range(5):
+            client.chat(model="m", messages=[])
+        wait_until(lambda: len(metered.received) >= 1, 5.0, "the request the API holds")
+        wait_until(lambda: spooled_lines(spool) >= 5, 5.0, "5 records on disk")
+        started = time.monotonic()
+        assert not metering.shutdown(0.2)  # not delivered: the API still holds one
+        assert time.monotonic() - started < 1.5  # the thread ended; it was not given up on
+        assert metering.stats().get("dropped.shutdown", 0) == 0
+        assert not list(spool.glob("*.claimed-*")), sorted(os.listdir(spool))
+        assert spooled_lines(spool, "*.jsonl") == 5
