@@ -103,7 +103,7 @@ def cold_lines(calls: list[tuple[str, Callable[[], object]]], batches: int) -> l
     the first call of a batch, and the others (the calls compare.py times: it leaves each
     batch's first call untimed)."""
     buffer = bytearray(EVICT_BYTES)
-    stamp = bytes(len(range(0, EVICT_BYTES, 64)))
+    stamp = bytes(EVICT_BYTES // 64)  # a byte for each line
     first: dict[str, list[float]] = {who: [] for who, _ in calls}
     others: dict[str, list[float]] = {who: [] for who, _ in calls}
     for batch in range(batches):

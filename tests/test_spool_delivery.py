@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import textwrap
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -447,9 +446,8 @@ def test_a_shutdown_while_every_slot_is_held_gives_every_file_back_in_time(
             client.chat(model="m", messages=[])
         wait_until(lambda: len(metered.received) >= 1, 5.0, "the request the API holds")
         wait_until(lambda: spooled_lines(spool) >= 5, 5.0, "5 records on disk")
-        started = time.monotonic()
         assert not metering.shutdown(0.2)  # not delivered: the API still holds one
-        assert time.monotonic() - started < 1.5  # the thread ended; it was not given up on
+        assert dispatcher._thread is None  # the thread ended; it was not given up on
         assert metering.stats().get("dropped.shutdown", 0) == 0
         assert not list(spool.glob("*.claimed-*")), sorted(os.listdir(spool))
         assert spooled_lines(spool, "*.jsonl") == 5
